@@ -1,0 +1,222 @@
+"""The ``speech.v1.CloudRecognizer`` gRPC service, health and reflection, on grpc.aio."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cloud_server.audio import InvalidAudioError, check_duration, pcm16_to_float
+from cloud_server.auth import bearer_ok
+from cloud_server.engine import RequestCancelledError
+from cloud_server.pool import OverloadedError
+from cloud_server.results import Recognition, RecognizeOptions
+from cloud_server.runtime import CloudRuntime, ModelNotReadyError
+from protos import speech_pb2, speech_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = speech_pb2.DESCRIPTOR.services_by_name["CloudRecognizer"].full_name
+_OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def to_proto(result: Recognition, utterance_id: str) -> speech_pb2.RecognizeResponse:
+    return speech_pb2.RecognizeResponse(
+        utterance_id=utterance_id,
+        hypotheses=[
+            speech_pb2.Hypothesis(
+                text=h.text,
+                confidence=h.confidence,
+                avg_logprob=h.avg_logprob,
+                no_speech_prob=h.no_speech_prob,
+                words=[
+                    speech_pb2.Word(word=w.word, start=w.start, end=w.end, probability=w.probability)
+                    for w in h.words
+                ],
+            )
+            for h in result.hypotheses
+        ],
+        language=result.language,
+        language_probability=result.language_probability,
+        model=result.model,
+        processing_seconds=result.processing_seconds,
+        audio_seconds=result.audio_seconds,
+    )
+
+
+class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
+    def __init__(self, runtime: CloudRuntime) -> None:
+        self._runtime = runtime
+
+    def _options(self, config: speech_pb2.RecognitionConfig) -> RecognizeOptions:
+        s = self._runtime.settings
+        if config.n_best > s.max_n_best:
+            raise InvalidAudioError(f"n_best {config.n_best} is above the limit of {s.max_n_best}")
+        if config.beam_size > 16:
+            raise InvalidAudioError(f"beam_size {config.beam_size} is above the limit of 16")
+        return RecognizeOptions(
+            language=config.language or s.language,
+            beam_size=config.beam_size or s.beam_size,
+            n_best=config.n_best or 1,
+            word_timestamps=config.word_timestamps,
+            prompt=config.prompt or None,
+        )
+
+    async def _run(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+        config: speech_pb2.RecognitionConfig,
+        audio_bytes: bytes,
+        utterance_id: str,
+    ) -> speech_pb2.RecognizeResponse:
+        counter = self._runtime.metrics.requests
+        try:
+            options = self._options(config)
+            audio = pcm16_to_float(audio_bytes, config.sample_rate_hz, self._runtime.settings.max_audio_s)
+            result = await self._runtime.recognize(audio, options)
+        except InvalidAudioError as exc:
+            counter.labels("grpc", method, "INVALID_ARGUMENT").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except OverloadedError as exc:
+            counter.labels("grpc", method, "RESOURCE_EXHAUSTED").inc()
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), (("retry-after", str(exc.retry_after_s)),)
+            )
+        except ModelNotReadyError as exc:
+            counter.labels("grpc", method, "UNAVAILABLE").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except RequestCancelledError:
+            counter.labels("grpc", method, "CANCELLED").inc()
+            await context.abort(grpc.StatusCode.CANCELLED, "request cancelled")
+        counter.labels("grpc", method, "OK").inc()
+        log.info(
+            "recognized utterance=%s audio=%.2fs in %.2fs hyps=%d",
+            utterance_id or "-",
+            result.audio_seconds,
+            result.processing_seconds,
+            len(result.hypotheses),
+        )
+        return to_proto(result, utterance_id)
+
+    async def Recognize(
+        self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> speech_pb2.RecognizeResponse:
+        return await self._run(context, "Recognize", request.config, request.audio, request.context.utterance_id)
+
+    async def StreamingRecognize(
+        self,
+        request_iterator: AsyncIterator[speech_pb2.StreamingRecognizeRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[speech_pb2.StreamingRecognizeResponse]:
+        config: speech_pb2.RecognitionConfig | None = None
+        edge_context = speech_pb2.EdgeContext()
+        chunks: list[bytes] = []
+        size = 0
+        max_bytes = int(self._runtime.settings.max_audio_s * 16000 * 2)
+        async for message in request_iterator:
+            kind = message.WhichOneof("request")
+            if config is None and kind != "streaming_config":
+                await self._invalid(context, "the first message must carry streaming_config")
+            if kind == "streaming_config":
+                if config is not None:
+                    await self._invalid(context, "streaming_config may only be sent once, first")
+                config = message.streaming_config.config
+                edge_context = message.streaming_config.context
+                if config.sample_rate_hz not in (0, 16000):
+                    await self._invalid(
+                        context, f"unsupported sample_rate_hz {config.sample_rate_hz}: send 16000 Hz PCM16 mono"
+                    )
+            elif kind == "audio":
+                size += len(message.audio)
+                if size > max_bytes:
+                    try:
+                        check_duration(size / 32000, self._runtime.settings.max_audio_s)
+                    except InvalidAudioError as exc:
+                        await self._invalid(context, str(exc))
+                chunks.append(message.audio)
+            elif kind == "context":
+                edge_context = message.context
+        if config is None:
+            await self._invalid(context, "empty stream: send streaming_config, then audio")
+            return
+        response = await self._run(
+            context, "StreamingRecognize", config, b"".join(chunks), edge_context.utterance_id
+        )
+        yield speech_pb2.StreamingRecognizeResponse(result=response)
+
+    async def _invalid(self, context: grpc.aio.ServicerContext[Any, Any], message: str) -> None:
+        self._runtime.metrics.requests.labels("grpc", "StreamingRecognize", "INVALID_ARGUMENT").inc()
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Rejects calls without ``authorization: Bearer <key>`` (health and reflection stay open)."""
+
+    def __init__(self, runtime: CloudRuntime) -> None:
+        self._runtime = runtime
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
+
+        async def deny_stream(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
+
+        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.stream_stream_rpc_method_handler(deny_stream)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method = handler_call_details.method
+        key = self._runtime.settings.api_key
+        if key is None or method.startswith(_OPEN_METHODS):
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        header = metadata.get("authorization")
+        if bearer_ok(header if isinstance(header, str) else None, key):
+            return await continuation(handler_call_details)
+        name = method.rsplit("/", 1)[-1]
+        self._runtime.metrics.requests.labels("grpc", name, "UNAUTHENTICATED").inc()
+        return self._deny_stream if name == "StreamingRecognize" else self._deny_unary
+
+
+def max_message_bytes(runtime: CloudRuntime) -> int:
+    """Room for the longest accepted utterance in one Recognize message."""
+    return int(runtime.settings.max_audio_s * 16000 * 2) + (1 << 20)
+
+
+def create_grpc_server(runtime: CloudRuntime, address: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Build (not start) the gRPC server bound to ``address``; returns it, its port and its health servicer.
+
+    Health reports NOT_SERVING until the caller marks the model loaded."""
+    limit = max_message_bytes(runtime)
+    server = grpc.aio.server(
+        interceptors=[ApiKeyInterceptor(runtime)],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", 16 << 20),
+        ],
+    )
+    speech_pb2_grpc.add_CloudRecognizerServicer_to_server(CloudRecognizerService(runtime), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind gRPC to {address}")
+    return server, port, health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, status)

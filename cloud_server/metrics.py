@@ -1,0 +1,36 @@
+"""Prometheus metrics of one cloud server (its own registry, so servers in one process stay apart)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class CloudMetrics:
+    def __init__(self, queue_depth: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "cloud_requests",
+            "Requests answered, by interface, route and status",
+            ["interface", "route", "status"],
+            registry=self.registry,
+        )
+        self.inference_seconds = Histogram(
+            "cloud_inference_seconds",
+            "Time spent in the model per request",
+            ["operation"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.audio_seconds = Counter(
+            "cloud_audio_seconds",
+            "Seconds of audio processed",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "cloud_queue_depth", "Inference requests admitted (running plus waiting)", registry=self.registry
+        )
+        self.queue_depth.set_function(queue_depth)
+        self.model_loaded = Gauge("cloud_model_loaded", "1 once the model is loaded", registry=self.registry)

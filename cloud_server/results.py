@@ -1,0 +1,82 @@
+"""Typed results of the cloud engine; protos/speech.proto mirrors them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    """Seconds from the start of the request's audio."""
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    text: str
+    confidence: float
+    """exp(avg_logprob) scaled by (1 - no_speech_prob): 0..1."""
+    avg_logprob: float
+    no_speech_prob: float
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """An n-best answer for one utterance."""
+
+    hypotheses: tuple[Hypothesis, ...]
+    language: str
+    language_probability: float
+    audio_seconds: float
+    model: str
+    processing_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: tuple[int, ...]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A timed transcript of a whole file (the REST path)."""
+
+    text: str
+    segments: tuple[Segment, ...]
+    language: str
+    language_probability: float
+    duration: float
+    model: str
+    processing_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RecognizeOptions:
+    language: str | None = None
+    beam_size: int = 5
+    n_best: int = 1
+    word_timestamps: bool = False
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    language: str | None = None
+    beam_size: int = 5
+    prompt: str | None = None
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    word_timestamps: bool = False

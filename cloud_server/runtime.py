@@ -1,0 +1,101 @@
+"""What both interfaces share: the settings, the model, the inference pool and the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+
+from cloud_server.engine import WhisperEngine
+from cloud_server.metrics import CloudMetrics
+from cloud_server.model_store import ModelLocation, resolve_model
+from cloud_server.pool import InferencePool
+from cloud_server.results import Recognition, RecognizeOptions, TranscribeOptions, Transcript
+from cloud_server.settings import CloudSettings
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotReadyError(RuntimeError):
+    """The model is still loading."""
+
+
+class CloudRuntime:
+    """Created once per server process; handlers get it injected."""
+
+    def __init__(self, settings: CloudSettings) -> None:
+        self.settings = settings
+        self.pool = InferencePool(settings.workers, settings.max_queue, settings.retry_after_s)
+        self.metrics = CloudMetrics(lambda: float(self.pool.pending))
+        self.location: ModelLocation | None = None
+        self._engine: WhisperEngine | None = None
+        self._loaded = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """Language codes the loaded model knows (empty before it loads)."""
+        return self._engine.languages if self._engine else ()
+
+    @property
+    def model_name(self) -> str:
+        return self.location.name if self.location else self.settings.model
+
+    def resolve(self) -> ModelLocation:
+        """Find the model files (assembling the bundled base once). Raises ModelNotAvailableError."""
+        if self.location is None:
+            self.location = resolve_model(self.settings.model, self.settings.model_cache_dir)
+        return self.location
+
+    def load(self) -> WhisperEngine:
+        """Blocking: resolve and load the model."""
+        location = self.resolve()
+        started = time.perf_counter()
+        engine = WhisperEngine(
+            location,
+            compute_type=self.settings.compute_type,
+            cpu_threads=self.settings.cpu_threads,
+            workers=self.settings.workers,
+        )
+        log.info("model %s loaded from %s in %.2f s", location.name, location.path, time.perf_counter() - started)
+        return engine
+
+    async def start(self) -> None:
+        """Load the model off the event loop; ``ready`` turns true when done."""
+        engine = await asyncio.to_thread(self.load)
+        self._engine = engine
+        self.metrics.model_loaded.set(1)
+        self._loaded.set()
+
+    async def wait_ready(self) -> None:
+        await self._loaded.wait()
+
+    def _require(self) -> WhisperEngine:
+        if self._engine is None:
+            raise ModelNotReadyError("the model is still loading")
+        return self._engine
+
+    async def recognize(self, audio: np.ndarray, options: RecognizeOptions) -> Recognition:
+        engine = self._require()
+        result = await self.pool.run(lambda cancel: engine.recognize(audio, options, cancel))
+        self._observe("recognize", result.processing_seconds, result.audio_seconds)
+        return result
+
+    async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
+        engine = self._require()
+        long_s = self.settings.long_audio_s
+        result = await self.pool.run(lambda cancel: engine.transcribe(audio, options, cancel, long_s))
+        self._observe("transcribe", result.processing_seconds, result.duration)
+        return result
+
+    def _observe(self, operation: str, seconds: float, audio_seconds: float) -> None:
+        self.metrics.inference_seconds.labels(operation).observe(seconds)
+        self.metrics.audio_seconds.labels(operation).inc(audio_seconds)
+
+    def close(self) -> None:
+        self.pool.shutdown()

@@ -1,0 +1,90 @@
+"""Run REST (uvicorn) and gRPC (grpc.aio) in one event loop around one shared runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import uvicorn
+
+from cloud_server.grpc_service import create_grpc_server, set_serving
+from cloud_server.rest.app import create_app
+from cloud_server.runtime import CloudRuntime
+from cloud_server.settings import CloudSettings
+
+log = logging.getLogger(__name__)
+
+
+class _Uvicorn(uvicorn.Server):
+    # The process owns signal handling (it must stop gRPC too), not uvicorn.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class CloudServer:
+    """Both interfaces of the cloud. ``start()`` binds the ports at once and loads the model in
+    the background: REST ``/ready`` and gRPC health turn to ready/SERVING when it is loaded."""
+
+    def __init__(self, settings: CloudSettings) -> None:
+        self.settings = settings
+        self.runtime = CloudRuntime(settings)
+        self.rest_port = 0
+        self.grpc_port = 0
+        self._uvicorn: _Uvicorn | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._grpc = None
+        self._health = None
+
+    async def start(self) -> None:
+        # Resolving first turns a missing model into a clear error before any port is opened.
+        await asyncio.to_thread(self.runtime.resolve)
+        s = self.settings
+        server, self.grpc_port, health = create_grpc_server(self.runtime, f"{s.grpc_host}:{s.grpc_port}")
+        self._grpc, self._health = server, health
+        await set_serving(health, False)
+        await server.start()
+        config = uvicorn.Config(
+            create_app(s, self.runtime),
+            host=s.host,
+            port=s.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(s.grace_s),
+        )
+        self._uvicorn = _Uvicorn(config)
+        # Binding here (not inside serve()) makes a taken port fail start() and tells us port 0's pick.
+        sock = config.bind_socket()
+        self.rest_port = sock.getsockname()[1]
+        self._tasks.append(asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="rest"))
+        log.info("REST on %s:%d, gRPC on %s:%d; loading model %s", s.host, self.rest_port, s.grpc_host,
+                 self.grpc_port, self.runtime.model_name)
+        self._tasks.append(asyncio.create_task(self._load(), name="load-model"))
+
+    async def _load(self) -> None:
+        await self.runtime.start()
+        if self._health is not None:
+            await set_serving(self._health, True)
+        log.info("model %s ready", self.runtime.model_name)
+
+    async def wait_ready(self) -> None:
+        load = self._tasks[-1]
+        await asyncio.wait({load, asyncio.ensure_future(self.runtime.wait_ready())},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if load.done() and load.exception() is not None:
+            raise RuntimeError("model failed to load") from load.exception()
+
+    async def stop(self) -> None:
+        """Stop taking new work, let in-flight requests finish within the grace period, then close."""
+        grace = self.settings.grace_s
+        if self._health is not None:
+            await set_serving(self._health, False)
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), grace + 1)
+        self.runtime.close()

@@ -1,0 +1,58 @@
+"""Settings of the cloud server: environment (prefix ``CLOUD_``), overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CloudSettings(BaseSettings):
+    """Everything the cloud server can be told. Injected into factories, never read globally."""
+
+    model_config = SettingsConfigDict(env_prefix="CLOUD_", extra="ignore", use_attribute_docstrings=True)
+
+    host: str = "0.0.0.0"
+    """Address the REST API binds to."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """REST API port (0 picks a free port)."""
+    grpc_host: str = "[::]"
+    """Address the gRPC server binds to."""
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    """gRPC port (0 picks a free port)."""
+
+    model: str = "base"
+    """Whisper model: ``base`` (bundled, multilingual), ``tiny.en`` (extra ``tiny``), or a CTranslate2 model directory."""
+    model_cache_dir: Path = Path.home() / ".cache" / "edge-cloud-asr" / "models"
+    """Where the bundled base model is assembled from its two package parts (once)."""
+    compute_type: str = "int8"
+    """CTranslate2 compute type on CPU."""
+    cpu_threads: int = Field(default=2, ge=1, le=64)
+    """Threads per inference worker."""
+    workers: int = Field(default=1, ge=1, le=16)
+    """Inference workers that may run at the same time (each uses ``cpu_threads``)."""
+    max_queue: int = Field(default=8, ge=1, le=1000)
+    """Requests admitted at once (running plus waiting). Past this, RESOURCE_EXHAUSTED / HTTP 503."""
+    retry_after_s: int = Field(default=2, ge=1, le=3600)
+    """Retry-After sent with a refusal for overload."""
+
+    beam_size: int = Field(default=5, ge=1, le=16)
+    """Default beam width."""
+    max_n_best: int = Field(default=5, ge=1, le=16)
+    """Upper bound on hypotheses a client may ask for."""
+    max_audio_s: float = Field(default=600.0, gt=0)
+    """Longest audio accepted in one request, in seconds."""
+    long_audio_s: float = Field(default=30.0, gt=0, le=30.0)
+    """Audio longer than this is split at pauses with the VAD before decoding."""
+    max_upload_mb: float = Field(default=25.0, gt=0)
+    """Largest REST upload, in MiB (HTTP 413 above)."""
+    language: str | None = None
+    """Default language code; unset means detect."""
+
+    api_key: SecretStr | None = None
+    """When set, REST needs ``Authorization: Bearer <key>`` and gRPC the same in metadata."""
+    grace_s: float = Field(default=5.0, ge=0)
+    """Grace period for in-flight requests on shutdown."""
+    log_level: str = "INFO"
+    """Python logging level."""
