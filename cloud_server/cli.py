@@ -26,8 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-host", help="gRPC bind address (CLOUD_GRPC_HOST, default [::])")
     p.add_argument("--grpc-port", type=int, help="gRPC port (CLOUD_GRPC_PORT, default 50051)")
     p.add_argument("--model", help="base | tiny.en | path to a CTranslate2 Whisper directory (CLOUD_MODEL)")
-    p.add_argument("--model-cache-dir", help="where the bundled base model is assembled (CLOUD_MODEL_CACHE_DIR)")
-    p.add_argument("--cpu-threads", type=int, help="threads per inference worker (CLOUD_CPU_THREADS, default 2)")
+    p.add_argument(
+        "--model-cache-dir", help="where the bundled base model is assembled (CLOUD_MODEL_CACHE_DIR)"
+    )
+    p.add_argument(
+        "--cpu-threads", type=int, help="threads per inference worker (CLOUD_CPU_THREADS, default 2)"
+    )
     p.add_argument("--workers", type=int, help="parallel inference workers (CLOUD_WORKERS, default 1)")
     p.add_argument("--max-queue", type=int, help="requests admitted at once before 503 (CLOUD_MAX_QUEUE)")
     p.add_argument("--language", help="default language code (CLOUD_LANGUAGE; unset = detect)")

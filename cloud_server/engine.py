@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # and decodes with low likelihood is silence, not text.
 _NO_SPEECH_THRESHOLD = 0.6
 _LOGPROB_THRESHOLD = -1.0
+_PUNCTUATION = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
 _PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 _APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 
@@ -140,13 +142,14 @@ class WhisperEngine:
         previous = tokenizer.encode(" " + options.prompt.strip()) if options.prompt else []
         prompt = self._model.get_prompt(tokenizer, previous, without_timestamps=True)
         n_best = max(1, options.n_best)
-        # Ask for a few more than needed: beams often differ only in spacing or casing.
-        num_hypotheses = min(max(options.beam_size, n_best), n_best + 2)
+        # Keep every finished beam, from a beam twice as wide as the list asked for: many beams
+        # differ only in casing or punctuation and are dropped below.
+        beam_size = max(options.beam_size, 2 * n_best if n_best > 1 else 1)
         result = self._model.model.generate(
             encoder_output,
             [prompt],
-            beam_size=max(options.beam_size, num_hypotheses),
-            num_hypotheses=num_hypotheses,
+            beam_size=beam_size,
+            num_hypotheses=beam_size,
             return_scores=True,
             return_no_speech_prob=True,
             max_length=self._model.max_length,
@@ -156,15 +159,16 @@ class WhisperEngine:
         no_speech = float(result.no_speech_prob)
         seen: set[str] = set()
         out: list[_WindowHypothesis] = []
-        for tokens, score in zip(result.sequences_ids, result.scores):
+        for tokens, score in zip(result.sequences_ids, result.scores, strict=True):
             text_tokens = [t for t in tokens if t < tokenizer.eot]
             text = tokenizer.decode(text_tokens).strip()
             avg_logprob = float(score) * len(text_tokens) / (len(text_tokens) + 1)
             if no_speech > _NO_SPEECH_THRESHOLD and avg_logprob < _LOGPROB_THRESHOLD:
                 text, text_tokens = "", []
-            if text in seen:
+            key = _dedupe_key(text)
+            if key in seen:
                 continue
-            seen.add(text)
+            seen.add(key)
             words: tuple[Word, ...] = ()
             if options.word_timestamps and text_tokens:
                 _check(cancelled)
@@ -247,6 +251,11 @@ class WhisperEngine:
         )
 
 
+def _dedupe_key(text: str) -> str:
+    """Hypotheses that differ only in casing or punctuation count as one (the better-scored is kept)."""
+    return " ".join(_PUNCTUATION.sub(" ", text.casefold()).split())
+
+
 def _check(cancelled: threading.Event) -> None:
     if cancelled.is_set():
         raise RequestCancelledError("request cancelled")
@@ -257,9 +266,7 @@ def confidence_of(avg_logprob: float, no_speech_prob: float) -> float:
     return max(0.0, min(1.0, math.exp(avg_logprob) * (1.0 - no_speech_prob)))
 
 
-def _combine(
-    per_window: Sequence[tuple[float, list[_WindowHypothesis]]], n_best: int
-) -> list[Hypothesis]:
+def _combine(per_window: Sequence[tuple[float, list[_WindowHypothesis]]], n_best: int) -> list[Hypothesis]:
     """The n best joint hypotheses over windows, ranked by duration-weighted avg log-prob.
 
     Each window's list is sorted best first, so the best joint hypotheses are found by
@@ -271,7 +278,7 @@ def _combine(
     total = sum(weight for weight, _ in lists) or 1.0
 
     def score(index: tuple[int, ...]) -> float:
-        return sum(w * hyps[i].avg_logprob for (w, hyps), i in zip(lists, index)) / total
+        return sum(w * hyps[i].avg_logprob for (w, hyps), i in zip(lists, index, strict=True)) / total
 
     start = (0,) * len(lists)
     heap = [(-score(start), start)]
@@ -280,11 +287,11 @@ def _combine(
     seen_texts: set[str] = set()
     while heap and len(out) < n_best:
         neg, index = heapq.heappop(heap)
-        parts = [hyps[i] for (_, hyps), i in zip(lists, index)]
+        parts = [hyps[i] for (_, hyps), i in zip(lists, index, strict=True)]
         text = " ".join(p.text for p in parts if p.text).strip()
-        if text not in seen_texts:
-            seen_texts.add(text)
-            no_speech = sum(w * p.no_speech_prob for (w, _), p in zip(lists, parts)) / total
+        if _dedupe_key(text) not in seen_texts:
+            seen_texts.add(_dedupe_key(text))
+            no_speech = sum(w * p.no_speech_prob for (w, _), p in zip(lists, parts, strict=True)) / total
             out.append(
                 Hypothesis(
                     text=text,
@@ -296,7 +303,7 @@ def _combine(
             )
         for k in range(len(index)):
             if index[k] + 1 < len(lists[k][1]):
-                nxt = index[:k] + (index[k] + 1,) + index[k + 1 :]
+                nxt = (*index[:k], index[k] + 1, *index[k + 1 :])
                 if nxt not in visited:
                     visited.add(nxt)
                     heapq.heappush(heap, (-score(nxt), nxt))

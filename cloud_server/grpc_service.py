@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +21,8 @@ from protos import speech_pb2, speech_pb2_grpc
 log = logging.getLogger(__name__)
 SERVICE_NAME = speech_pb2.DESCRIPTOR.services_by_name["CloudRecognizer"].full_name
 _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+if TYPE_CHECKING:
+    _Handler = grpc.RpcMethodHandler[Any, Any]
 
 
 def to_proto(result: Recognition, utterance_id: str) -> speech_pb2.RecognizeResponse:
@@ -105,7 +107,9 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
     async def Recognize(
         self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> speech_pb2.RecognizeResponse:
-        return await self._run(context, "Recognize", request.config, request.audio, request.context.utterance_id)
+        return await self._run(
+            context, "Recognize", request.config, request.audio, request.context.utterance_id
+        )
 
     async def StreamingRecognize(
         self,
@@ -128,7 +132,8 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
                 edge_context = message.streaming_config.context
                 if config.sample_rate_hz not in (0, 16000):
                     await self._invalid(
-                        context, f"unsupported sample_rate_hz {config.sample_rate_hz}: send 16000 Hz PCM16 mono"
+                        context,
+                        f"unsupported sample_rate_hz {config.sample_rate_hz}: send 16000 Hz PCM16 mono",
                     )
             elif kind == "audio":
                 size += len(message.audio)
@@ -165,14 +170,14 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         async def deny_stream(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
 
-        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
-        self._deny_stream = grpc.stream_stream_rpc_method_handler(deny_stream)
+        self._deny_unary: _Handler = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream: _Handler = grpc.stream_stream_rpc_method_handler(deny_stream)
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method = handler_call_details.method
         key = self._runtime.settings.api_key
         if key is None or method.startswith(_OPEN_METHODS):
@@ -191,7 +196,9 @@ def max_message_bytes(runtime: CloudRuntime) -> int:
     return int(runtime.settings.max_audio_s * 16000 * 2) + (1 << 20)
 
 
-def create_grpc_server(runtime: CloudRuntime, address: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+def create_grpc_server(
+    runtime: CloudRuntime, address: str
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build (not start) the gRPC server bound to ``address``; returns it, its port and its health servicer.
 
     Health reports NOT_SERVING until the caller marks the model loaded."""

@@ -31,7 +31,6 @@ class CloudRuntime:
         self.metrics = CloudMetrics(lambda: float(self.pool.pending))
         self.location: ModelLocation | None = None
         self._engine: WhisperEngine | None = None
-        self._loaded = asyncio.Event()
 
     @property
     def ready(self) -> bool:
@@ -62,7 +61,9 @@ class CloudRuntime:
             cpu_threads=self.settings.cpu_threads,
             workers=self.settings.workers,
         )
-        log.info("model %s loaded from %s in %.2f s", location.name, location.path, time.perf_counter() - started)
+        log.info(
+            "model %s loaded from %s in %.2f s", location.name, location.path, time.perf_counter() - started
+        )
         return engine
 
     async def start(self) -> None:
@@ -70,10 +71,6 @@ class CloudRuntime:
         engine = await asyncio.to_thread(self.load)
         self._engine = engine
         self.metrics.model_loaded.set(1)
-        self._loaded.set()
-
-    async def wait_ready(self) -> None:
-        await self._loaded.wait()
 
     def _require(self) -> WhisperEngine:
         if self._engine is None:

@@ -7,7 +7,9 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+import grpc
 import uvicorn
+from grpc_health.v1.health import aio as health_aio
 
 from cloud_server.grpc_service import create_grpc_server, set_serving
 from cloud_server.rest.app import create_app
@@ -35,10 +37,12 @@ class CloudServer:
         self.grpc_port = 0
         self._uvicorn: _Uvicorn | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._grpc = None
-        self._health = None
+        self._grpc: grpc.aio.Server | None = None
+        self._health: health_aio.HealthServicer | None = None
 
-    async def start(self) -> None:
+    async def start(self, load: bool = True) -> None:
+        """Bind both ports and serve. With ``load`` the model loads in the background,
+        otherwise the caller calls ``load()``."""
         # Resolving first turns a missing model into a clear error before any port is opened.
         await asyncio.to_thread(self.runtime.resolve)
         s = self.settings
@@ -59,22 +63,23 @@ class CloudServer:
         sock = config.bind_socket()
         self.rest_port = sock.getsockname()[1]
         self._tasks.append(asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="rest"))
-        log.info("REST on %s:%d, gRPC on %s:%d; loading model %s", s.host, self.rest_port, s.grpc_host,
-                 self.grpc_port, self.runtime.model_name)
-        self._tasks.append(asyncio.create_task(self._load(), name="load-model"))
+        log.info(
+            "REST on %s:%d, gRPC on %s:%d; loading model %s",
+            s.host,
+            self.rest_port,
+            s.grpc_host,
+            self.grpc_port,
+            self.runtime.model_name,
+        )
+        if load:
+            self._tasks.append(asyncio.create_task(self.load(), name="load-model"))
 
-    async def _load(self) -> None:
+    async def load(self) -> None:
+        """Load the model, then report ready/SERVING."""
         await self.runtime.start()
         if self._health is not None:
             await set_serving(self._health, True)
         log.info("model %s ready", self.runtime.model_name)
-
-    async def wait_ready(self) -> None:
-        load = self._tasks[-1]
-        await asyncio.wait({load, asyncio.ensure_future(self.runtime.wait_ready())},
-                           return_when=asyncio.FIRST_COMPLETED)
-        if load.done() and load.exception() is not None:
-            raise RuntimeError("model failed to load") from load.exception()
 
     async def stop(self) -> None:
         """Stop taking new work, let in-flight requests finish within the grace period, then close."""

@@ -23,7 +23,7 @@ class CloudSettings(BaseSettings):
     """gRPC port (0 picks a free port)."""
 
     model: str = "base"
-    """Whisper model: ``base`` (bundled, multilingual), ``tiny.en`` (extra ``tiny``), or a CTranslate2 model directory."""
+    """``base`` (bundled, multilingual), ``tiny.en`` (extra ``tiny``) or a CTranslate2 Whisper directory."""
     model_cache_dir: Path = Path.home() / ".cache" / "edge-cloud-asr" / "models"
     """Where the bundled base model is assembled from its two package parts (once)."""
     compute_type: str = "int8"

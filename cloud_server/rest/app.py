@@ -57,15 +57,21 @@ def create_app(settings: CloudSettings | None = None, runtime: CloudRuntime | No
     upload_limit = int(settings.max_upload_mb * 1024 * 1024)
 
     @app.middleware("http")
-    async def count_and_authorize(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def count_and_authorize(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         path = request.url.path
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > upload_limit + (1 << 20):
             # Refuse before the body is read and spooled.
             response: Response = error_response(
-                413, f"request is larger than the {settings.max_upload_mb:g} MiB upload limit", "file_too_large"
+                413,
+                f"request is larger than the {settings.max_upload_mb:g} MiB upload limit",
+                "file_too_large",
             )
-        elif path not in _OPEN_PATHS and not bearer_ok(request.headers.get("authorization"), settings.api_key):
+        elif path not in _OPEN_PATHS and not bearer_ok(
+            request.headers.get("authorization"), settings.api_key
+        ):
             response = error_response(
                 401, "missing or invalid API key (send Authorization: Bearer <key>)", "invalid_api_key"
             )
@@ -98,7 +104,9 @@ def create_app(settings: CloudSettings | None = None, runtime: CloudRuntime | No
         ids = [rt.model_name, *_ALIASES]
         return {
             "object": "list",
-            "data": [{"id": i, "object": "model", "created": created, "owned_by": "edge-cloud-asr"} for i in ids],
+            "data": [
+                {"id": i, "object": "model", "created": created, "owned_by": "edge-cloud-asr"} for i in ids
+            ],
         }
 
     @app.post("/v1/audio/transcriptions", response_model=None)
@@ -149,10 +157,16 @@ def create_app(settings: CloudSettings | None = None, runtime: CloudRuntime | No
             transcript = await rt.transcribe(audio, options)
         except OverloadedError as exc:
             raise ApiError(
-                503, str(exc), "server_busy", type_="server_error", headers={"Retry-After": str(exc.retry_after_s)}
+                503,
+                str(exc),
+                "server_busy",
+                type_="server_error",
+                headers={"Retry-After": str(exc.retry_after_s)},
             ) from exc
         except ModelNotReadyError as exc:
-            raise ApiError(503, str(exc), "model_loading", type_="server_error", headers={"Retry-After": "5"}) from exc
+            raise ApiError(
+                503, str(exc), "model_loading", type_="server_error", headers={"Retry-After": "5"}
+            ) from exc
         except RequestCancelledError as exc:
             raise ApiError(499, "request cancelled", "cancelled") from exc
         if response_format == "text":
