@@ -67,9 +67,21 @@ def _start(model: str, cache: str, threads: int) -> tuple[subprocess.Popen[bytes
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLOUD_MODEL_CACHE_DIR": cache, "CLOUD_LOG_LEVEL": "WARNING"}
     started = time.monotonic()
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "cloud-server"), "--host", "127.0.0.1", "--port", str(rest),
-         "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port), "--model", model,
-         "--cpu-threads", str(threads)],
+        [
+            str(Path(sys.executable).parent / "cloud-server"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(rest),
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--model",
+            model,
+            "--cpu-threads",
+            str(threads),
+        ],
         env=env,
     )
     deadline = started + 300
@@ -101,9 +113,7 @@ def bench_model(model: str, sets: dict[str, list[Clip]], threads: int, repeats: 
         rtf: dict[str, float] = {}
         wers: dict[str, float] = {}
         audio: dict[str, float] = {}
-        with grpc.insecure_channel(
-            target, options=[("grpc.max_send_message_length", 64 << 20)]
-        ) as channel:
+        with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
             stub = speech_pb2_grpc.CloudRecognizerStub(channel)
             for name, clips in sets.items():
                 ratios, hyps = [], []
@@ -135,22 +145,30 @@ def render(results: list[ModelFigures], threads: int, repeats: int, sets: dict[s
         "## Cloud server",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; CTranslate2 int8, {threads} threads, 1 worker; gRPC `Recognize`, "
+        f"Python {platform.python_version()}; CTranslate2 int8, {threads} threads, 1 worker; "
+        "gRPC `Recognize`, "
         f"one request at a time, language `en`, beam 5, n-best 1; RTF is the median of {repeats} pass(es) "
         "of server-side processing time over audio time.",
         "",
-        "Sets: " + "; ".join(f"`{n}` {len(c)} clips, {sum(x.duration for x in c):.0f} s" for n, c in sets.items())
+        "Sets: "
+        + "; ".join(f"`{n}` {len(c)} clips, {sum(x.duration for x in c):.0f} s" for n, c in sets.items())
         + " (built by `scripts/build_test_audio.py`).",
         "",
         "| model | first start (assembles base) s | cold start s | RSS loaded MB | peak RSS MB | "
-        + " | ".join(f"RTF {n}" for n in sets) + " | " + " | ".join(f"WER {n}" for n in sets) + " |",
+        + " | ".join(f"RTF {n}" for n in sets)
+        + " | "
+        + " | ".join(f"WER {n}" for n in sets)
+        + " |",
         "|---|---|---|---|---|" + "---|" * (2 * len(sets)),
     ]
     for r in results:
         lines.append(
             f"| {r.model} | {r.first_start_s:.1f} | {r.cold_start_s:.1f} | {r.rss_loaded_mb:.0f} | "
-            f"{r.rss_peak_mb:.0f} | " + " | ".join(f"{r.rtf[n]:.3f}" for n in sets) + " | "
-            + " | ".join(f"{100 * r.wer[n]:.1f}%" for n in sets) + " |"
+            f"{r.rss_peak_mb:.0f} | "
+            + " | ".join(f"{r.rtf[n]:.3f}" for n in sets)
+            + " | "
+            + " | ".join(f"{100 * r.wer[n]:.1f}%" for n in sets)
+            + " |"
         )
     lines += [
         "",
@@ -163,9 +181,15 @@ def render(results: list[ModelFigures], threads: int, repeats: int, sets: dict[s
 
 def write_benchmarks(section: str) -> None:
     path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures measured on this project's machines.\n"
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmarks\n\nFigures measured on this project's machines.\n"
+    )
     if MARK_BEGIN in text:
-        text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: section, text, flags=re.S)
+        text = re.sub(
+            re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: section, text, flags=re.S
+        )
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
