@@ -61,6 +61,7 @@ class CloudServer:
         self._uvicorn = _Uvicorn(config)
         # Binding here (not inside serve()) makes a taken port fail start() and tells us port 0's pick.
         sock = config.bind_socket()
+        sock.listen(config.backlog)  # accept (queue) connections from now on, before serve() runs
         self.rest_port = sock.getsockname()[1]
         self._tasks.append(asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="rest"))
         log.info(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set everything up, start the cloud server and transcribe the bundled sample over REST and gRPC.
+# Set everything up, start the cloud server and the edge agent, stream the bundled sample through the edge.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
-exec .venv/bin/python -m cloud_server.demo "$@"
+exec .venv/bin/python -m edge_agent.demo "$@"

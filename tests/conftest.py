@@ -55,3 +55,12 @@ def cloud(model_cache: str) -> Iterator[ThreadedCloud]:
     server = ThreadedCloud(cloud_settings(model_cache, max_audio_s=120, max_upload_mb=5)).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def edge_model() -> object:
+    """Moonshine base with the rebuilt graphs, loaded once per session."""
+    from edge_agent.recognizer import load_model
+    from edge_agent.settings import EdgeSettings
+
+    return load_model(EdgeSettings(model_cache_dir=ROOT / ".cache" / "edge-models"))

@@ -62,3 +62,102 @@ def cloud_settings(cache_dir: str, **overrides: Any) -> CloudSettings:
     }
     base.update(overrides)
     return CloudSettings(**base)
+
+
+class ThreadedEdge:
+    """An edge agent (WebSocket + HTTP) on its own event-loop thread, sharing an already loaded model."""
+
+    def __init__(self, settings: Any, model: Any) -> None:
+        from edge_agent.escalation.manager import build_escalator
+        from edge_agent.recognizer import Recognizer
+
+        self.settings = settings
+        self.rec = Recognizer(settings, model=model)
+        self.rec.escalator = build_escalator(settings, self.rec)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="edge-loop", daemon=True)
+        self._server: Any = None
+        self._task: Any = None
+        self.port = 0
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def start(self) -> ThreadedEdge:
+        import uvicorn
+
+        from edge_agent.server.app import create_app
+
+        self._thread.start()
+
+        async def boot() -> None:
+            await self.rec.start()
+            config = uvicorn.Config(
+                create_app(self.settings, self.rec), host="127.0.0.1", port=0, log_config=None,
+                ws_max_size=self.settings.max_frame_bytes * 2,
+            )  # fmt: skip
+            self._server = _QuietUvicorn(config)
+            sock = config.bind_socket()
+            sock.listen(config.backlog)
+            self.port = sock.getsockname()[1]
+            self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+            # The socket listens already: connections queue until serve() accepts them.
+
+        self.call(boot())
+        return self
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            self._server.should_exit = True
+            await asyncio.wait_for(self._task, 30)
+            await self.rec.stop()
+
+        try:
+            self.call(shutdown(), timeout=60)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/stream"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _quiet_uvicorn() -> Any:
+    import contextlib
+
+    import uvicorn
+
+    class Quiet(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield
+
+    return Quiet
+
+
+_QuietUvicorn = _quiet_uvicorn()
+
+
+def edge_settings(tmp: Any, cloud_target: str | None = None, **overrides: Any) -> Any:
+    from edge_agent.settings import EdgeSettings
+
+    base: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "cloud_target": cloud_target or "",
+        "queue_path": str(tmp / "queue.sqlite3"),
+        "model_cache_dir": str(_ROOT / ".cache" / "edge-models"),
+        "retry_initial_s": 0.2,
+        "retry_max_s": 1.0,
+        "breaker_reset_s": 1.0,
+    }
+    base.update(overrides)
+    return EdgeSettings(**base)
+
+
+_ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent

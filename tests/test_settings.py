@@ -27,3 +27,16 @@ def test_bounds_are_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_field_is_documented() -> None:
     for name, field in CloudSettings.model_fields.items():
         assert field.description, f"{name} has no docstring"
+
+
+def test_edge_settings_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent.cli import load_settings as edge_load
+    from edge_agent.settings import EdgeSettings
+
+    monkeypatch.setenv("EDGE_PORT", "9100")
+    monkeypatch.setenv("EDGE_MIN_SILENCE_MS", "700")
+    settings, mic = edge_load(["--port", "9200", "--cloud-target", "", "--no-pilot"])
+    assert settings.port == 9200 and settings.min_silence_ms == 700
+    assert settings.cloud_target == "" and settings.pilot is False and mic is False
+    for name, field in EdgeSettings.model_fields.items():
+        assert field.description, f"{name} has no docstring"

@@ -1,0 +1,68 @@
+"""Moonshine's tokenizer, built with the ``tokenizers`` library from the vocabulary the model ships.
+
+``tokenizer.bin`` (moonshine-cpp) lists the 32000 SentencePiece-style BPE pieces as length-prefixed
+byte strings, in id order; ids 3..258 are the byte-fallback pieces. Decoding needs only this
+vocabulary (no merges), so no second package is pulled in for ``tokenizer.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders
+from tokenizers.models import BPE
+
+BOS_ID = 1
+EOS_ID = 2
+_BYTE_FIRST, _BYTE_LAST = 3, 258
+
+
+def read_vocab(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    pieces: list[bytes] = []
+    i = 0
+    while i < len(data):
+        # A varint length prefix (pieces are short: one or two bytes of length).
+        length, shift = 0, 0
+        while True:
+            byte = data[i]
+            i += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        pieces.append(data[i : i + length])
+        i += length
+    if i != len(data):
+        raise ValueError(f"{path}: truncated vocabulary")
+    return pieces
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """A ``tokenizers.Tokenizer`` that decodes Moonshine token ids to text."""
+    vocab: dict[str, int] = {}
+    for idx, piece in enumerate(read_vocab(path)):
+        if _BYTE_FIRST <= idx <= _BYTE_LAST:
+            name = f"<0x{piece[0]:02X}>"
+        else:
+            name = piece.decode("utf-8")
+        vocab.setdefault(name, idx)
+    tokenizer = Tokenizer(BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return tokenizer
+
+
+class TextDecoder:
+    def __init__(self, path: Path) -> None:
+        self._tokenizer = load_tokenizer(path)
+        # Pieces that open a new word carry SentencePiece's word-boundary mark.
+        self._word_start = [piece.startswith("▁".encode()) for piece in read_vocab(path)]
+
+    def starts_word(self, token: int) -> bool:
+        return 0 <= token < len(self._word_start) and self._word_start[token]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._tokenizer.decode([i for i in ids if i > EOS_ID], skip_special_tokens=True)).strip()

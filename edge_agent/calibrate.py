@@ -1,0 +1,235 @@
+"""Fit the confidence models and thresholds on labelled audio: ``edge-agent calibrate MANIFEST...``.
+
+For every clip: the edge decodes the whole clip (final) and a seeded 55-80 % prefix (pilot), the final
+verifies the pilot, and Whisper (the cloud's engine, in-process) decodes the clip. Labels: a result is
+wrong when its normalized text differs from the reference. Three logistic models are fitted (final,
+pilot, cloud) and the default threshold is the one that minimizes the simulated hybrid WER with at most
+``--max-offload`` of utterances escalated. Needs the dev extras (jiwer, whisper-normalizer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.asr.decoding import greedy_decode
+from edge_agent.confidence import (
+    CALIBRATION_VERSION,
+    CLOUD_FEATURES,
+    EDGE_FEATURES,
+    Calibration,
+    LogisticModel,
+    cloud_features,
+    edge_features,
+    fit_logistic,
+)
+from edge_agent.settings import EdgeSettings
+
+log = logging.getLogger(__name__)
+DEFAULT_OUT = Path(__file__).parent / "calibration" / "offramp-v1.json"
+
+
+@dataclass
+class Row:
+    manifest: str
+    kind: str
+    reference: str
+    edge_text: str
+    cloud_text: str
+    edge_errors: int
+    cloud_errors: int
+    words: int
+    final: dict[str, float]
+    pilot: dict[str, float]
+    cloud: dict[str, float]
+
+
+def _load(manifest: Path) -> list[dict[str, object]]:
+    rows = []
+    for line in manifest.read_text().splitlines():
+        row = json.loads(line)
+        row["audio_filepath"] = str(manifest.parent / row["audio_filepath"])
+        rows.append(row)
+    return rows
+
+
+def collect(manifests: list[Path], settings: EdgeSettings, cloud_model: str, seed: int = 7) -> list[Row]:
+    import jiwer
+    import soundfile as sf
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    from cloud_server.engine import WhisperEngine
+    from cloud_server.model_store import resolve_model
+    from cloud_server.results import RecognizeOptions
+    from edge_agent.audio.vad import SileroVad
+    from edge_agent.recognizer import load_model
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    normalize = EnglishTextNormalizer()
+    model = load_model(settings)
+    vad = SileroVad()
+    whisper = WhisperEngine(
+        resolve_model(cloud_model, Path.home() / ".cache" / "edge-cloud-asr" / "models"),
+        compute_type="int8",
+        cpu_threads=settings.intra_op_threads,
+        workers=1,
+    )
+    rng = np.random.default_rng(seed)
+    out: list[Row] = []
+
+    def errors(ref: str, hyp: str) -> int:
+        r, h = normalize(ref), normalize(hyp)
+        if not r.split():
+            return len(h.split())
+        o = jiwer.process_words(r, h)
+        return int(o.substitutions + o.deletions + o.insertions)
+
+    for manifest in manifests:
+        for item in _load(manifest):
+            audio, rate = sf.read(str(item["audio_filepath"]), dtype="float32")
+            if rate != 16000:
+                raise SystemExit(f"{item['audio_filepath']}: calibration audio must be 16 kHz")
+            duration = len(audio) / 16000
+            probs = vad.create_stream().accept(audio)
+            speech_ratio = float(np.mean(np.asarray(probs) >= settings.vad_threshold)) if probs else 0.0
+            cut = int(len(audio) * rng.uniform(0.55, 0.8))
+            pilot = greedy_decode(model, model.encode(audio[:cut]))
+            final = greedy_decode(model, model.encode(audio), pilot=pilot.ids)
+            agreement = final.reused_tokens / len(pilot.ids) if pilot.ids else 1.0
+            cloud = whisper.recognize(audio, RecognizeOptions(language="en", n_best=1))
+            best = cloud.hypotheses[0] if cloud.hypotheses else None
+            cloud_text = best.text if best else ""
+            reference = str(item["text"])
+            edge_errors, cloud_errors = errors(reference, final.text), errors(reference, cloud_text)
+            edge_vs_cloud = errors(final.text, cloud_text) / max(1, len(normalize(final.text).split()))
+            out.append(
+                Row(
+                    manifest=manifest.parent.name,
+                    kind=str(item.get("kind", "")),
+                    reference=reference,
+                    edge_text=final.text,
+                    cloud_text=cloud_text,
+                    edge_errors=edge_errors,
+                    cloud_errors=cloud_errors,
+                    words=len(normalize(reference).split()),
+                    final=edge_features(final.tokens, duration, speech_ratio, agreement, final.finished),
+                    pilot=edge_features(pilot.tokens, cut / 16000, speech_ratio, 1.0, True),
+                    cloud=cloud_features(
+                        best.avg_logprob if best else -5.0,
+                        best.no_speech_prob if best else 1.0,
+                        cloud_text,
+                        duration,
+                        1.0 - min(1.0, edge_vs_cloud),
+                    ),
+                )
+            )
+            log.info("%s edge=%d cloud=%d errors: %s", Path(str(item["audio_filepath"])).name,
+                     edge_errors, cloud_errors, final.text)  # fmt: skip
+    return out
+
+
+def simulate(
+    rows: list[Row], p_final: np.ndarray, p_cloud: np.ndarray, threshold: float
+) -> tuple[float, float]:
+    """(hybrid WER, offload rate) when escalating above ``threshold`` and choosing by P(wrong)."""
+    errors = 0
+    escalated = 0
+    for row, pe, pc in zip(rows, p_final, p_cloud, strict=True):
+        if pe > threshold:
+            escalated += 1
+            errors += row.cloud_errors if pc < pe else row.edge_errors
+        else:
+            errors += row.edge_errors
+    words = sum(r.words for r in rows) or 1
+    return errors / words, escalated / max(1, len(rows))
+
+
+def _threshold_at_precision(scores: np.ndarray, wrong: np.ndarray, precision: float, floor: float) -> float:
+    """Lowest threshold whose flagged set is at least ``precision`` wrong (or the top score)."""
+    for t in np.unique(scores):
+        flagged = scores > t
+        if flagged.sum() >= 3 and wrong[flagged].mean() >= precision:
+            return float(max(t, floor))
+    return float(max(scores.max(), floor))
+
+
+def fit(rows: list[Row], max_offload: float, source: str) -> tuple[Calibration, dict[str, float]]:
+    edge_wrong = [int(r.edge_errors > 0) for r in rows]
+    cloud_wrong = [int(r.cloud_errors > 0) for r in rows]
+    final = fit_logistic([r.final for r in rows], edge_wrong, EDGE_FEATURES)
+    pilot = fit_logistic([r.pilot for r in rows], edge_wrong, EDGE_FEATURES)
+    cloud = fit_logistic([r.cloud for r in rows], cloud_wrong, CLOUD_FEATURES)
+    p_final = np.array([final.probability(r.final) for r in rows])
+    p_pilot = np.array([pilot.probability(r.pilot) for r in rows])
+    p_cloud = np.array([cloud.probability(r.cloud) for r in rows])
+    best = (float("inf"), 1.0, 0.0)
+    for t in np.unique(np.concatenate([p_final, [1.0]])):
+        wer, offload = simulate(rows, p_final, p_cloud, float(t))
+        if offload <= max_offload and wer < best[0] - 1e-12:
+            best = (wer, float(t), offload)
+    wer, threshold, offload = best
+    wrong = np.asarray(edge_wrong, dtype=bool)
+    early = _threshold_at_precision(p_pilot, wrong, 0.8, threshold)
+    stop = _threshold_at_precision(p_pilot, wrong, 0.95, early)
+    words = sum(r.words for r in rows) or 1
+    report = {
+        "utterances": float(len(rows)),
+        "edge_wer": sum(r.edge_errors for r in rows) / words,
+        "cloud_wer": sum(r.cloud_errors for r in rows) / words,
+        "oracle_wer": sum(min(r.edge_errors, r.cloud_errors) for r in rows) / words,
+        "hybrid_wer": wer,
+        "offload": offload,
+        "threshold": threshold,
+        "early_threshold": early,
+        "stop_threshold": stop,
+        "early_rate": float(np.mean(p_pilot > early)),
+    }
+    calibration = Calibration(
+        version=CALIBRATION_VERSION,
+        final=final,
+        pilot=pilot,
+        cloud=cloud,
+        threshold=threshold,
+        early_threshold=early,
+        stop_threshold=stop,
+        score_quantiles=tuple(float(q) for q in np.percentile(p_final, np.linspace(0, 100, 101))),
+        source=source,
+    )
+    return calibration, report
+
+
+def _rows_to_json(rows: list[Row]) -> str:
+    return "".join(json.dumps(r.__dict__) + "\n" for r in rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="edge-agent calibrate", description=__doc__)
+    parser.add_argument("manifests", nargs="*", type=Path, help="NeMo manifests (16 kHz audio)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="calibration file to write")
+    parser.add_argument("--features", type=Path, help="read/write the per-clip features here (JSON lines)")
+    parser.add_argument("--cloud-model", default="base")
+    parser.add_argument("--max-offload", type=float, default=0.25)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.manifests:
+        rows = collect(args.manifests, EdgeSettings(), args.cloud_model)
+        if args.features:
+            args.features.write_text(_rows_to_json(rows))
+    elif args.features and args.features.exists():
+        rows = [Row(**json.loads(line)) for line in args.features.read_text().splitlines()]
+    else:
+        raise SystemExit("give manifests, or --features from an earlier run")
+    source = ", ".join(sorted({r.manifest for r in rows})) + f"; {len(rows)} utterances"
+    calibration, report = fit(rows, args.max_offload, source)
+    calibration.save(args.out)
+    print(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+__all__ = ["LogisticModel", "main"]

@@ -1,0 +1,113 @@
+"""``edge-agent``: serve (default), ``--mic``, ``stream FILE``, ``calibrate``, ``prepare``.
+
+Serving flags override ``EDGE_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from edge_agent.settings import EdgeSettings
+
+log = logging.getLogger("edge_agent")
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Edge speech recognition with pilot inference and cloud escalation. "
+        "Subcommands: stream FILE (stream a file to a running agent), calibrate (fit the confidence "
+        "model), prepare (build the optimized model graphs). Without one: serve.",
+    )
+    p.add_argument("--host", help="bind address (EDGE_HOST, default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="WebSocket/HTTP port (EDGE_PORT, default 8765)")
+    p.add_argument("--cloud-target", help="cloud gRPC host:port; '' for edge only (EDGE_CLOUD_TARGET)")
+    p.add_argument(
+        "--threads", dest="intra_op_threads", type=int, help="onnxruntime threads (EDGE_INTRA_OP_THREADS)"
+    )
+    p.add_argument(
+        "--escalation-threshold", type=float, help="P(wrong) threshold (EDGE_ESCALATION_THRESHOLD)"
+    )
+    p.add_argument(
+        "--target-offload-rate", type=float, help="derive the threshold (EDGE_TARGET_OFFLOAD_RATE)"
+    )
+    p.add_argument("--queue-path", help="escalation queue file (EDGE_QUEUE_PATH)")
+    p.add_argument(
+        "--no-pilot", dest="pilot", action="store_const", const=False, help="disable pilot inference"
+    )
+    p.add_argument("--mic", action="store_true", help="transcribe the default microphone instead of serving")
+    p.add_argument("--log-level", help="DEBUG, INFO, ... (EDGE_LOG_LEVEL)")
+    return p
+
+
+def load_settings(argv: list[str]) -> tuple[EdgeSettings, bool]:
+    args = _serve_parser().parse_args(argv)
+    mic = bool(args.mic)
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None and k != "mic"}
+    return EdgeSettings(**overrides), mic
+
+
+async def serve(settings: EdgeSettings) -> None:
+    import uvicorn
+
+    from edge_agent.server.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        ws_max_size=settings.max_frame_bytes * 2,
+    )
+    server = uvicorn.Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    await server.serve()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if argv and argv[0] == "stream":
+        from edge_agent.stream_client import main as stream_main
+
+        stream_main(argv[1:])
+        return
+    if argv and argv[0] == "calibrate":
+        from edge_agent.calibrate import main as calibrate_main
+
+        calibrate_main(argv[1:])
+        return
+    if argv and argv[0] == "prepare":
+        from edge_agent.recognizer import load_model
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        model = load_model(EdgeSettings())
+        print(f"{model.name} ready")
+        return
+    try:
+        settings, mic = load_settings(argv)
+    except ValidationError as exc:
+        sys.exit(f"edge-agent: invalid settings:\n{exc}")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if mic:
+        from edge_agent.mic import run_mic
+
+        asyncio.run(run_mic(settings))
+        return
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

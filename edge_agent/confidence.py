@@ -1,0 +1,213 @@
+"""P(result is wrong) from decoding statistics: small logistic models fitted on labelled audio.
+
+Three models share one versioned calibration file (``edge_agent/calibration/*.json``):
+``final`` scores a finished edge decode, ``pilot`` scores a decode of partial audio (used for early
+escalation and for stopping a hopeless final decode), ``cloud`` scores a cloud hypothesis, so the edge
+can choose between the two results per utterance on the same scale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.asr.decoding import TokenInfo
+
+CALIBRATION_VERSION = 1
+EDGE_FEATURES = (
+    "mean_logprob",
+    "min_logprob",
+    "mean_entropy",
+    "max_entropy",
+    "tokens_per_s",
+    "pilot_agreement",
+    "speech_ratio",
+    "log_duration",
+    "unfinished",
+    "repetition",
+)
+CLOUD_FEATURES = (
+    "avg_logprob",
+    "no_speech_prob",
+    "words_per_s",
+    "log_duration",
+    "edge_agreement",
+    "repetition",
+)
+
+
+def repetition(items: Sequence[object], n: int = 3) -> float:
+    """Share of repeated n-grams: decoders stuck in a loop on noise score high."""
+    grams = [tuple(items[i : i + n]) for i in range(len(items) - n + 1)]
+    if len(grams) < 2:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def edge_features(
+    tokens: Sequence[TokenInfo],
+    duration_s: float,
+    speech_ratio: float,
+    pilot_agreement: float = 1.0,
+    finished: bool = True,
+) -> dict[str, float]:
+    """Features of one edge decode. ``pilot_agreement``: share of the latest pilot's tokens the
+    final kept (1.0 without a pilot); ``speech_ratio``: VAD speech windows over all windows."""
+    logprobs = [t.logprob for t in tokens] or [-10.0]
+    entropies = [t.entropy for t in tokens] or [10.0]
+    duration = max(duration_s, 0.1)
+    return {
+        "mean_logprob": float(np.mean(logprobs)),
+        "min_logprob": float(min(logprobs)),
+        "mean_entropy": float(np.mean(entropies)),
+        "max_entropy": float(max(entropies)),
+        "tokens_per_s": len(tokens) / duration,
+        "pilot_agreement": pilot_agreement,
+        "speech_ratio": speech_ratio,
+        "log_duration": math.log(duration),
+        "unfinished": 0.0 if finished else 1.0,
+        "repetition": repetition([t.id for t in tokens]),
+    }
+
+
+def cloud_features(
+    avg_logprob: float, no_speech_prob: float, text: str, duration_s: float, edge_agreement: float
+) -> dict[str, float]:
+    """Features of a cloud hypothesis; ``edge_agreement`` is 1 - word error rate between the two texts."""
+    duration = max(duration_s, 0.1)
+    words = text.casefold().split()
+    return {
+        "avg_logprob": avg_logprob,
+        "no_speech_prob": no_speech_prob,
+        "words_per_s": len(words) / duration,
+        "log_duration": math.log(duration),
+        "edge_agreement": edge_agreement,
+        "repetition": repetition(words),
+    }
+
+
+@dataclass(frozen=True)
+class LogisticModel:
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+
+    def probability(self, values: dict[str, float]) -> float:
+        x = np.array([values[name] for name in self.features], dtype=np.float64)
+        z = (x - np.array(self.mean)) / np.array(self.scale)
+        logit = float(np.dot(z, np.array(self.weights)) + self.bias)
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, logit))))
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "features": list(self.features),
+            "mean": list(self.mean),
+            "scale": list(self.scale),
+            "weights": list(self.weights),
+            "bias": self.bias,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> LogisticModel:
+        def floats(key: str) -> tuple[float, ...]:
+            value = data[key]
+            assert isinstance(value, list)
+            return tuple(float(v) for v in value)
+
+        features = data["features"]
+        assert isinstance(features, list)
+        bias = data["bias"]
+        assert isinstance(bias, int | float)
+        return cls(
+            tuple(str(f) for f in features), floats("mean"), floats("scale"), floats("weights"), float(bias)
+        )
+
+
+def fit_logistic(
+    rows: Sequence[dict[str, float]], labels: Sequence[int], features: Sequence[str], l2: float = 1e-2
+) -> LogisticModel:
+    """L2-regularized logistic regression by Newton's method (a few features, a few hundred rows)."""
+    x = np.array([[row[f] for f in features] for row in rows], dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+    w = np.zeros(z.shape[1])
+    reg = np.full(z.shape[1], l2)
+    reg[-1] = 0.0  # the bias is not shrunk
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -50, 50)))
+        grad = z.T @ (p - y) / len(y) + reg * w
+        hess = (z.T * (p * (1 - p))) @ z / len(y) + np.diag(reg + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return LogisticModel(tuple(features), tuple(mean), tuple(scale), tuple(w[:-1]), float(w[-1]))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    version: int
+    final: LogisticModel
+    pilot: LogisticModel
+    cloud: LogisticModel
+    threshold: float
+    """Default escalation threshold on the final model's P(wrong)."""
+    early_threshold: float
+    """Threshold on the pilot model's P(wrong) for escalating before end of speech."""
+    stop_threshold: float
+    """Threshold on the pilot model's P(wrong) for abandoning a final decode."""
+    score_quantiles: tuple[float, ...]
+    """The final model's P(wrong) at percentiles 0..100 on the calibration set (offload targeting)."""
+    source: str = ""
+
+    def threshold_for_offload(self, rate: float) -> float:
+        """The threshold at which about ``rate`` of calibration utterances escalate."""
+        q = np.asarray(self.score_quantiles)
+        return float(np.interp(100.0 * (1.0 - rate), np.linspace(0, 100, len(q)), q))
+
+    def save(self, path: Path) -> None:
+        data = {
+            "version": self.version,
+            "final": self.final.to_json(),
+            "pilot": self.pilot.to_json(),
+            "cloud": self.cloud.to_json(),
+            "threshold": self.threshold,
+            "early_threshold": self.early_threshold,
+            "stop_threshold": self.stop_threshold,
+            "score_quantiles": list(self.score_quantiles),
+            "source": self.source,
+        }
+        path.write_text(json.dumps(data, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Calibration:
+        """Load a calibration file (default: the one shipped in the package)."""
+        if path is None:
+            text = (resources.files("edge_agent") / "calibration" / "offramp-v1.json").read_text()
+        else:
+            text = Path(path).read_text()
+        data = json.loads(text)
+        if data.get("version") != CALIBRATION_VERSION:
+            raise ValueError(f"calibration version {data.get('version')} is not {CALIBRATION_VERSION}")
+        return cls(
+            version=CALIBRATION_VERSION,
+            final=LogisticModel.from_json(data["final"]),
+            pilot=LogisticModel.from_json(data["pilot"]),
+            cloud=LogisticModel.from_json(data["cloud"]),
+            threshold=float(data["threshold"]),
+            early_threshold=float(data["early_threshold"]),
+            stop_threshold=float(data["stop_threshold"]),
+            score_quantiles=tuple(float(v) for v in data["score_quantiles"]),
+            source=str(data.get("source", "")),
+        )

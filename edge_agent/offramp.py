@@ -1,0 +1,92 @@
+"""Autoregression offramps: when to escalate to the cloud, and which result to keep. Pure logic."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from edge_agent.asr.decoding import TokenInfo
+from edge_agent.confidence import Calibration, edge_features
+
+
+class Reason(str, Enum):
+    LOW_CONFIDENCE = "low_confidence"
+    EARLY_PILOT = "early_pilot"
+    DECODE_STOPPED = "decode_stopped"
+    LONG_UTTERANCE = "long_utterance"
+
+
+@dataclass(frozen=True)
+class Decision:
+    escalate: bool
+    p_wrong: float
+    reason: Reason | None = None
+
+
+@dataclass(frozen=True)
+class OfframpPolicy:
+    """Thresholds on P(edge result wrong). ``threshold`` for finished decodes; ``early_threshold`` for
+    pilots (escalate before end of speech); ``stop_threshold`` to abandon a final decode midway."""
+
+    calibration: Calibration
+    threshold: float
+    early_threshold: float
+    stop_threshold: float
+    min_pilot_s: float = 1.0
+    min_stop_tokens: int = 6
+
+    @classmethod
+    def from_calibration(
+        cls,
+        calibration: Calibration,
+        threshold: float | None = None,
+        target_offload_rate: float | None = None,
+    ) -> OfframpPolicy:
+        """Thresholds from the calibration file, or set directly, or derived from a target offload rate."""
+        if target_offload_rate is not None:
+            chosen = calibration.threshold_for_offload(target_offload_rate)
+        elif threshold is not None:
+            chosen = threshold
+        else:
+            chosen = calibration.threshold
+        # Early and stop thresholds keep their calibrated distance above the final threshold.
+        early = min(0.99, chosen + (calibration.early_threshold - calibration.threshold))
+        stop = min(0.995, chosen + (calibration.stop_threshold - calibration.threshold))
+        return cls(calibration, chosen, max(chosen, early), max(chosen, stop))
+
+    def at_pilot(
+        self, tokens: Sequence[TokenInfo], audio_s: float, speech_ratio: float, agreement: float
+    ) -> Decision:
+        """After a pilot decode of the audio so far: escalate early if it already looks hard."""
+        feats = edge_features(tokens, audio_s, speech_ratio, agreement, finished=True)
+        p = self.calibration.pilot.probability(feats)
+        if audio_s >= self.min_pilot_s and tokens and p > self.early_threshold:
+            return Decision(True, p, Reason.EARLY_PILOT)
+        return Decision(False, p)
+
+    def should_stop(self, tokens: Sequence[TokenInfo], audio_s: float, speech_ratio: float) -> bool:
+        """During the final decode: stop once the outcome is clearly an escalation."""
+        if len(tokens) < self.min_stop_tokens:
+            return False
+        feats = edge_features(tokens, audio_s, speech_ratio, 1.0, finished=True)
+        return self.calibration.pilot.probability(feats) > self.stop_threshold
+
+    def at_final(
+        self,
+        tokens: Sequence[TokenInfo],
+        audio_s: float,
+        speech_ratio: float,
+        agreement: float,
+        finished: bool,
+    ) -> Decision:
+        feats = edge_features(tokens, audio_s, speech_ratio, agreement, finished)
+        p = self.calibration.final.probability(feats)
+        return Decision(p > self.threshold, p, Reason.LOW_CONFIDENCE if p > self.threshold else None)
+
+
+def choose(edge_p_wrong: float, cloud_p_wrong: float | None) -> str:
+    """Keep the result more likely to be right; ties go to the edge (no extra latency or cost)."""
+    if cloud_p_wrong is None:
+        return "edge"
+    return "cloud" if cloud_p_wrong < edge_p_wrong else "edge"

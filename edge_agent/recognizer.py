@@ -1,0 +1,73 @@
+"""The shared, long-lived parts of the edge agent: model, VAD, confidence policy, worker, cloud link.
+
+Loaded once per process (STYLE 1); sessions keep all per-client state and only borrow these.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge_agent.asr.moonshine import MoonshineFiles, MoonshineModel
+from edge_agent.asr.ort_convert import default_model_dir, ensure_onnx_models
+from edge_agent.audio.vad import SileroVad
+from edge_agent.confidence import Calibration
+from edge_agent.metrics import EdgeMetrics
+from edge_agent.offramp import OfframpPolicy
+from edge_agent.settings import EdgeSettings
+from edge_agent.worker import InferenceWorker
+
+if TYPE_CHECKING:
+    from edge_agent.escalation.manager import Escalator
+    from edge_agent.session import Session
+
+log = logging.getLogger(__name__)
+
+
+def load_model(settings: EdgeSettings) -> MoonshineModel:
+    """Moonshine base with graphs rebuilt for onnxruntime's optimizer (cached after the first start)."""
+    source = Path(settings.model_dir) if settings.model_dir else default_model_dir()
+    files = ensure_onnx_models(source, Path(settings.model_cache_dir))
+    return MoonshineModel(
+        MoonshineFiles(files.encoder, files.decoder, source / "tokenizer.bin"),
+        threads=settings.intra_op_threads,
+    )
+
+
+class Recognizer:
+    def __init__(self, settings: EdgeSettings, model: MoonshineModel | None = None) -> None:
+        started = time.perf_counter()
+        self.settings = settings
+        self.model = model or load_model(settings)
+        self.vad = SileroVad()
+        self.calibration = Calibration.load(settings.calibration_path)
+        self.policy = OfframpPolicy.from_calibration(
+            self.calibration, settings.escalation_threshold, settings.target_offload_rate
+        )
+        self.worker = InferenceWorker()
+        self.escalator: Escalator | None = None
+        self.sessions: dict[str, Session] = {}
+        self.metrics = EdgeMetrics(self._queue_depth, lambda: float(len(self.sessions)))
+        log.info(
+            "edge model %s ready in %.2f s; escalation threshold %.3f (early %.3f, stop %.3f)",
+            self.model.name,
+            time.perf_counter() - started,
+            self.policy.threshold,
+            self.policy.early_threshold,
+            self.policy.stop_threshold,
+        )
+
+    def _queue_depth(self) -> float:
+        return float(self.escalator.queue_depth) if self.escalator is not None else 0.0
+
+    async def start(self) -> None:
+        self.worker.start()
+        if self.escalator is not None:
+            await self.escalator.start()
+
+    async def stop(self) -> None:
+        if self.escalator is not None:
+            await self.escalator.stop()
+        await self.worker.stop()

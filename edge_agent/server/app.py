@@ -1,0 +1,257 @@
+"""The edge agent's HTTP + WebSocket server: ``/v1/stream``, ``/health``, ``/metrics``, ``/``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.websockets import WebSocketState
+
+from edge_agent import __version__, events
+from edge_agent.audio.convert import AudioFormatError
+from edge_agent.recognizer import Recognizer
+from edge_agent.session import Session
+from edge_agent.settings import EdgeSettings
+
+log = logging.getLogger(__name__)
+
+# WebSocket close codes (RFC 6455 and the registered 4xxx-free ones we use).
+NORMAL, POLICY, TOO_BIG, TRY_AGAIN, UNSUPPORTED = 1000, 1008, 1009, 1013, 1003
+_EVENT_QUEUE = 1000
+
+
+def create_app(settings: EdgeSettings | None = None, recognizer: Recognizer | None = None) -> FastAPI:
+    """Build the app. Without ``recognizer`` the lifespan loads one (and the cloud link) itself."""
+    settings = settings or (recognizer.settings if recognizer else EdgeSettings())
+    owns = recognizer is None
+    state: dict[str, Recognizer] = {}
+    if recognizer is not None:
+        state["rec"] = recognizer
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if owns:
+            from edge_agent.escalation.manager import build_escalator
+
+            rec = await asyncio.to_thread(Recognizer, settings)
+            rec.escalator = build_escalator(settings, rec)
+            await rec.start()
+            state["rec"] = rec
+        try:
+            yield
+        finally:
+            if owns:
+                await state["rec"].stop()
+
+    app = FastAPI(title="edge-cloud-asr edge agent", version=__version__, lifespan=lifespan)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        rec = state.get("rec")
+        if rec is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        escalator = rec.escalator
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": rec.model.name,
+                "sessions": len(rec.sessions),
+                "cloud": escalator.status() if escalator is not None else "disabled",
+                "queued_escalations": int(escalator.queue_depth) if escalator is not None else 0,
+            }
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        rec = state.get("rec")
+        if rec is None:
+            return Response("loading\n", status_code=503)
+        return Response(generate_latest(rec.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.websocket("/v1/stream")
+    async def stream(ws: WebSocket) -> None:
+        rec = state.get("rec")
+        await ws.accept()
+        if rec is None:
+            await _refuse(ws, "loading", "the model is still loading", TRY_AGAIN)
+            return
+        if len(rec.sessions) >= settings.max_sessions:
+            rec.metrics.errors.labels("busy").inc()
+            await _refuse(ws, "busy", f"too many sessions (limit {settings.max_sessions})", TRY_AGAIN)
+            return
+        await StreamConnection(ws, rec, settings).run()
+
+    return app
+
+
+async def _refuse(ws: WebSocket, code: str, message: str, close_code: int) -> None:
+    with contextlib.suppress(Exception):
+        await ws.send_json(events.error(code, message))
+        await ws.close(close_code, message[:120])
+
+
+class StreamConnection:
+    """One WebSocket client: a receiving loop and a sending task around one Session (STYLE 7)."""
+
+    def __init__(self, ws: WebSocket, rec: Recognizer, settings: EdgeSettings) -> None:
+        self.ws = ws
+        self.rec = rec
+        self.settings = settings
+        self.session: Session | None = None
+        self.out: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=_EVENT_QUEUE)
+        self.bytes_in = 0
+        self.started = time.monotonic()
+        self.closing = False
+        self._pump_task: asyncio.Task[None] | None = None
+        self._close_args = (NORMAL, "bye")
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop(), name="ws-send")
+        try:
+            await asyncio.wait_for(self._receive_loop(), timeout=self.settings.max_session_s)
+        except TimeoutError:
+            self._error("session_timeout", f"session longer than {self.settings.max_session_s:g} s")
+            await self._finish_and_close(POLICY, "session time limit")
+        except WebSocketDisconnect:
+            pass
+        except Exception:
+            log.exception("session failed")
+            self._error("internal", "internal error; the session is closed")
+            await self._close(1011, "internal error")
+        finally:
+            if self._pump_task is not None:
+                self._pump_task.cancel()
+            if self.session is not None:
+                self.rec.sessions.pop(self.session.id, None)
+                await self.session.close()
+            await self.out.put(None)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(sender, timeout=5)
+            sender.cancel()
+
+    async def _receive_loop(self) -> None:
+        while not self.closing:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            if message.get("bytes") is not None:
+                await self._on_audio(message["bytes"])
+            elif message.get("text") is not None:
+                await self._on_text(message["text"])
+
+    async def _on_text(self, text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except json.JSONDecodeError as exc:
+            self._error("bad_json", f"text frames must be JSON: {exc.msg}")
+            return
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            self._error("bad_message", 'messages are JSON objects with a "type"')
+            return
+        kind = msg["type"]
+        if kind == "start":
+            self._start(msg)
+        elif kind == "stop":
+            if self.session is None:
+                self._error("not_started", "stop before start")
+                return
+            await self._finish_and_close(NORMAL, "done")
+        else:
+            self._error("unknown_type", f"unknown message type {kind!r}; expected start or stop")
+
+    def _start(self, msg: dict[str, Any]) -> None:
+        if self.session is not None:
+            self._error("already_started", "this session has started already")
+            return
+        rate = msg.get("sample_rate", 16000)
+        encoding = msg.get("encoding", "pcm_s16le")
+        if not isinstance(rate, int) or isinstance(rate, bool):
+            self._error("bad_start", "sample_rate must be an integer (8000-48000)")
+            return
+        if not isinstance(encoding, str):
+            self._error("bad_start", "encoding must be pcm_s16le or f32le")
+            return
+        try:
+            self.session = Session(self.rec, rate, encoding)
+        except AudioFormatError as exc:
+            self._error("bad_start", str(exc))
+            return
+        self.rec.sessions[self.session.id] = self.session
+        self._pump_task = asyncio.create_task(self._pump(self.session), name="ws-pump")
+        self._put(events.ready(self.session.id, rate, encoding))
+
+    async def _pump(self, session: Session) -> None:
+        while True:
+            event = await session.events.get()
+            self._put(event)
+
+    async def _on_audio(self, data: bytes) -> None:
+        if self.session is None:
+            self._error("not_started", f"{len(data)} bytes of audio before start were dropped")
+            return
+        if len(data) > self.settings.max_frame_bytes:
+            self._error(
+                "frame_too_large", f"frame of {len(data)} bytes; limit {self.settings.max_frame_bytes}"
+            )
+            await self._finish_and_close(TOO_BIG, "frame too large")
+            return
+        self.bytes_in += len(data)
+        if self.bytes_in > self.settings.max_session_bytes:
+            self._error("session_limit", f"more than {self.settings.max_session_bytes} bytes of audio")
+            await self._finish_and_close(POLICY, "session byte limit")
+            return
+        try:
+            self.session.feed(data)
+        except AudioFormatError as exc:
+            self._error("bad_audio", f"frame dropped: {exc}")
+
+    async def _finish_and_close(self, code: int, reason: str) -> None:
+        self.closing = True
+        count = 0
+        if self.session is not None:
+            count = await self.session.finish()
+            await asyncio.sleep(0)  # let the pump move the last finals to the send queue
+            while not self.session.events.empty():
+                self._put(self.session.events.get_nowait())
+        self._put(events.end(count))
+        await self._close(code, reason)
+
+    async def _close(self, code: int, reason: str) -> None:
+        self.closing = True
+        self._close_args = (code, reason)
+        await self.out.put(None)  # the sender closes after draining
+
+    def _error(self, code: str, message: str) -> None:
+        self.rec.metrics.errors.labels(code).inc()
+        self._put(events.error(code, message))
+
+    def _put(self, event: dict[str, Any]) -> None:
+        try:
+            self.out.put_nowait(event)
+        except asyncio.QueueFull:
+            # A client that does not read its events is not served further.
+            log.warning("client is not reading events; closing")
+            self.closing = True
+
+    async def _send_loop(self) -> None:
+        while True:
+            event = await self.out.get()
+            if event is None:
+                break
+            try:
+                await self.ws.send_json(event)
+            except Exception:
+                return
+        code, reason = self._close_args
+        if self.ws.application_state != WebSocketState.DISCONNECTED:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code, reason)

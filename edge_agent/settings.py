@@ -1,0 +1,99 @@
+"""Settings of the edge agent: environment (prefix ``EDGE_``), overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_STATE = Path.home() / ".local" / "state" / "edge-agent"
+_CACHE = Path.home() / ".cache" / "edge-cloud-asr"
+
+
+class EdgeSettings(BaseSettings):
+    """Everything the edge agent can be told. Injected into factories, never read globally."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore", use_attribute_docstrings=True)
+
+    # -- serving ---------------------------------------------------------------------------
+    host: str = "0.0.0.0"
+    """Address the WebSocket/HTTP server binds to."""
+    port: int = Field(default=8765, ge=0, le=65535)
+    """WebSocket/HTTP port (0 picks a free port)."""
+    max_sessions: int = Field(default=8, ge=1, le=1000)
+    """Concurrent WebSocket sessions; more are refused with close code 1013."""
+    max_session_s: float = Field(default=3600.0, gt=0)
+    """Longest a session may stay open, in seconds of wall time."""
+    max_session_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    """Most audio bytes one session may send."""
+    max_frame_bytes: int = Field(default=256 * 1024, gt=0)
+    """Largest single binary frame."""
+    session_queue_frames: int = Field(default=64, ge=1)
+    """Audio frames buffered per session before the reader stops reading (backpressure)."""
+
+    # -- model -----------------------------------------------------------------------------
+    intra_op_threads: int = Field(default=2, ge=1, le=64)
+    """onnxruntime intra-op threads for the edge model."""
+    model_dir: Path | None = None
+    """Directory with Moonshine's ``encoder_model.ort``, ``decoder_model_merged.ort``, ``tokenizer.bin``;
+    default: the one in the moonshine-cpp package."""
+    model_cache_dir: Path = _CACHE / "edge-models"
+    """Where the rebuilt (optimizable) ONNX graphs are cached."""
+    max_chunk_s: float = Field(default=25.0, gt=1.0, le=28.0)
+    """Audio longer than this is split at low-energy points before decoding."""
+
+    # -- VAD / endpointing ---------------------------------------------------------------
+    vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    """Silero speech probability above which a frame is speech."""
+    min_silence_ms: int = Field(default=500, ge=50, le=5000)
+    """Silence that ends an utterance."""
+    min_speech_ms: int = Field(default=200, ge=0, le=5000)
+    """Shorter bursts of speech are ignored."""
+    max_utterance_s: float = Field(default=20.0, gt=1.0, le=120.0)
+    """An utterance is cut here even if the speaker goes on."""
+    pre_roll_ms: int = Field(default=300, ge=0, le=2000)
+    """Audio kept from before the VAD fires, so first words are not clipped."""
+
+    # -- pilot inference / offramps -------------------------------------------------------
+    pilot: bool = True
+    """Decode partial audio while the user speaks (partials; final reuses the work)."""
+    pilot_min_audio_ms: int = Field(default=600, ge=100)
+    """No pilot before this much speech."""
+    pilot_min_new_audio_ms: int = Field(default=400, ge=50)
+    """A new pilot needs at least this much new audio since the last one."""
+    calibration_path: Path | None = None
+    """Calibration file for the confidence model; default: the one shipped with the package."""
+    escalation_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Escalate when P(edge wrong) is above this; default: from the calibration file."""
+    target_offload_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Derive the threshold so this fraction of utterances escalates (overrides the calibrated one)."""
+
+    # -- cloud -------------------------------------------------------------------------------
+    cloud_target: str | None = "localhost:50051"
+    """gRPC target of the cloud recognizer (host:port, or dns:///name:port); empty disables escalation."""
+    cloud_api_key: SecretStr | None = None
+    """Bearer key for the cloud."""
+    cloud_deadline_s: float = Field(default=4.0, gt=0.0, le=120.0)
+    """Deadline of one escalation; the edge never waits longer for the cloud."""
+    cloud_n_best: int = Field(default=3, ge=1, le=10)
+    """Hypotheses asked from the cloud."""
+    edge_n_best: int = Field(default=1, ge=1, le=5)
+    """Edge hypotheses sent as context when escalating; above 1 a small beam search runs first (slower)."""
+    breaker_failures: int = Field(default=3, ge=1)
+    """Consecutive cloud failures that open the circuit breaker."""
+    breaker_reset_s: float = Field(default=10.0, gt=0.0)
+    """How long the breaker stays open before one trial call."""
+    queue_path: Path = _STATE / "escalations.sqlite3"
+    """On-disk queue of escalations waiting for the cloud (survives restarts)."""
+    queue_max_items: int = Field(default=1000, ge=1)
+    """Most queued escalations; the oldest are dropped past this."""
+    queue_max_age_s: float = Field(default=24 * 3600.0, gt=0)
+    """Queued escalations older than this are dropped."""
+    retry_initial_s: float = Field(default=1.0, gt=0)
+    """First retry delay for queued escalations (doubles up to ``retry_max_s``)."""
+    retry_max_s: float = Field(default=60.0, gt=0)
+    """Longest retry delay."""
+
+    log_level: str = "INFO"
+    """Python logging level."""

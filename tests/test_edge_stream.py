@@ -1,0 +1,321 @@
+"""The edge agent end to end: real WebSocket clients, the real edge model, a real cloud server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soxr
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from edge_agent.escalation.queue import EscalationQueue
+from tests.edge_client import EdgeClient, pcm16
+from tests.servers import ThreadedCloud, ThreadedEdge, cloud_settings, edge_settings
+from tests.speech import Clip, wer
+
+pytestmark = pytest.mark.model
+RATE = 16000
+
+
+def _with_silence(audio: np.ndarray, before: float = 0.6, after: float = 1.2) -> np.ndarray:
+    return np.concatenate(
+        [np.zeros(int(before * RATE), np.float32), audio, np.zeros(int(after * RATE), np.float32)]
+    )
+
+
+def _noisy(audio: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=len(audio)).astype(np.float32)
+    scale = np.sqrt(np.mean(audio**2) / (np.mean(noise**2) * 10 ** (snr_db / 10)))
+    mixed = audio + noise * scale
+    return (mixed / max(1.0, float(np.abs(mixed).max()) / 0.95)).astype(np.float32)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cloud_tiny(model_cache: str) -> Iterator[ThreadedCloud]:
+    server = ThreadedCloud(cloud_settings(model_cache, model="tiny.en")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def edge(edge_model: Any, cloud_tiny: ThreadedCloud, tmp_path: Path) -> Iterator[ThreadedEdge]:
+    server = ThreadedEdge(edge_settings(tmp_path, cloud_tiny.grpc_target), edge_model).start()
+    yield server
+    server.stop()
+
+
+def _finals_text(events: list[dict[str, Any]]) -> str:
+    return " ".join(e["text"] for e in events if e.get("type") == "final")
+
+
+def test_stream_real_speech_gives_finals_with_low_wer(edge: ThreadedEdge, long_clip: Clip) -> None:
+    client = EdgeClient(edge.url)
+    ready = client.start()
+    assert ready["type"] == "ready" and ready["sample_rate"] == RATE
+    client.send_audio(pcm16(_with_silence(long_clip.samples())))
+    events = client.stop()
+    finals = client.of("final")
+    assert len(finals) >= 8  # ten clips separated by 1.2 s pauses
+    assert events[-1] == {"type": "end", "utterances": len(finals)}
+    assert wer([long_clip.text], [_finals_text(events)]) < 0.15
+    previous_end = 0.0
+    for final in finals:
+        assert final["source"] in ("edge", "cloud")
+        assert 0.0 <= final["confidence"] <= 1.0
+        assert final["start"] >= previous_end - 1e-6 and final["end"] > final["start"]
+        previous_end = final["end"]
+        assert final["words"], final
+        for w in final["words"]:
+            assert final["start"] - 0.01 <= w["start"] <= w["end"] <= final["end"] + 0.01
+    ids = [f["utterance_id"] for f in finals]
+    assert len(set(ids)) == len(ids)
+
+
+def test_partials_arrive_before_the_utterance_ends(edge: ThreadedEdge, real_clips: list[Clip]) -> None:
+    clip = next(c for c in real_clips if c.kind == "read" and c.duration > 5)
+    audio = _with_silence(clip.samples(), before=0.3, after=1.0)
+    speech_end_s = 0.3 + clip.duration
+    client = EdgeClient(edge.url)
+    client.start()
+    started = time.monotonic()
+    client.send_audio(pcm16(audio), realtime_rate=2 * RATE * 2.0)  # twice real time
+    client.stop()
+    partials = [(t, e) for t, e in client.events if e["type"] == "partial"]
+    finals = [(t, e) for t, e in client.events if e["type"] == "final"]
+    assert partials and len(finals) == 1
+    first_partial_at = partials[0][0] - started
+    assert first_partial_at < speech_end_s / 2.0  # while the speaker was still talking
+    assert all(t <= finals[0][0] for t, _ in partials)
+    assert partials[0][1]["utterance_id"] == finals[0][1]["utterance_id"]
+    assert finals[0][1]["pilots"] >= 1
+    assert wer([clip.text], [finals[0][1]["text"]]) < 0.15
+
+
+def test_resampled_input_rates(edge: ThreadedEdge, real_clips: list[Clip]) -> None:
+    clip = next(c for c in real_clips if c.kind == "read")
+    for rate, encoding in ((8000, "pcm_s16le"), (44100, "f32le")):
+        audio = soxr.resample(_with_silence(clip.samples()), RATE, rate).astype(np.float32)
+        data = pcm16(audio) if encoding == "pcm_s16le" else audio.astype("<f4").tobytes()
+        client = EdgeClient(edge.url)
+        assert client.start(rate, encoding)["type"] == "ready"
+        client.send_audio(data, frame_bytes=4096)
+        events = client.stop()
+        assert wer([clip.text], [_finals_text(events)]) < 0.2, (rate, _finals_text(events))
+
+
+def test_concurrent_clients(edge: ThreadedEdge, real_clips: list[Clip], tts_clips: list[Clip]) -> None:
+    clips = [real_clips[0], tts_clips[1], tts_clips[2]]
+    clients = [EdgeClient(edge.url) for _ in clips]
+    for client in clients:
+        client.start()
+    audios = [pcm16(_with_silence(c.samples())) for c in clips]
+    for offset in range(0, max(len(a) for a in audios), 3200):
+        for client, audio in zip(clients, audios, strict=True):
+            if offset < len(audio):
+                client.ws.send(audio[offset : offset + 3200])
+    for client, clip in zip(clients, clips, strict=True):
+        events = client.stop()
+        assert wer([clip.text], [_finals_text(events)]) < 0.2
+    assert httpx.get(f"{edge.http}/health").json()["sessions"] == 0
+
+
+def test_escalates_noisy_speech_but_not_clean(edge: ThreadedEdge, tts_clips: list[Clip]) -> None:
+    clean_escalated, noisy_escalated = 0, 0
+    clips = tts_clips[:6]
+    for i, clip in enumerate(clips):
+        for noisy in (False, True):
+            audio = _noisy(clip.samples(), snr_db=-3.0, seed=i) if noisy else clip.samples()
+            client = EdgeClient(edge.url)
+            client.start()
+            client.send_audio(pcm16(_with_silence(audio)))
+            events = client.stop()
+            finals = [e for e in events if e["type"] == "final"]
+            escalated = any(f["escalated"] for f in finals)
+            for f in finals:
+                if f["escalated"]:
+                    assert f["reason"] in ("low_confidence", "early_pilot", "decode_stopped")
+                    assert f["cloud_confidence"] is not None and f["cloud_text"] is not None
+            if noisy:
+                noisy_escalated += escalated
+            else:
+                clean_escalated += escalated
+    assert clean_escalated <= 1
+    assert noisy_escalated >= 4
+    metrics = httpx.get(f"{edge.http}/metrics").text
+    assert "edge_escalations_total" in metrics
+
+
+def test_cloud_killed_then_restarted_gives_corrections(
+    edge_model: Any, model_cache: str, tmp_path: Path, real_clips: list[Clip]
+) -> None:
+    port = _free_port()
+    cloud = ThreadedCloud(cloud_settings(model_cache, model="tiny.en", grpc_port=port)).start()
+    settings = edge_settings(tmp_path, f"127.0.0.1:{port}", escalation_threshold=0.0, cloud_deadline_s=2.0)
+    edge = ThreadedEdge(settings, edge_model).start()
+    try:
+        client = EdgeClient(edge.url)
+        client.start()
+        clips = [c for c in real_clips if c.kind == "read"][:3]
+        client.send_audio(pcm16(_with_silence(clips[0].samples())))
+        first = client.wait_for("final", 1)[0]
+        assert first["escalated"] and not first["cloud_pending"] and first["cloud_text"]
+        cloud.stop()  # the cloud dies mid-run
+        for clip in clips[1:]:
+            client.send_audio(pcm16(_with_silence(clip.samples())))
+        finals = client.wait_for("final", 3, timeout=60)
+        for final in finals[1:]:
+            assert final["escalated"] and final["cloud_pending"] and final["source"] == "edge"
+            assert final["finalize_ms"] < 2000 + 1500  # never waits much past the deadline
+        assert httpx.get(f"{edge.http}/health").json()["queued_escalations"] == 2
+        cloud = ThreadedCloud(cloud_settings(model_cache, model="tiny.en", grpc_port=port)).start()
+        corrections = client.wait_for("correction", 2, timeout=60)
+        assert {c["utterance_id"] for c in corrections} == {f["utterance_id"] for f in finals[1:]}
+        for correction, clip in zip(
+            sorted(corrections, key=lambda c: c["utterance_id"]), clips[1:], strict=True
+        ):
+            assert wer([clip.text], [correction["cloud_text"]]) < 0.3
+        client.stop()
+        assert httpx.get(f"{edge.http}/health").json()["queued_escalations"] == 0
+    finally:
+        edge.stop()
+        cloud.stop()
+
+
+def test_edge_restart_keeps_queued_escalations(
+    edge_model: Any, model_cache: str, tmp_path: Path, real_clips: list[Clip]
+) -> None:
+    port = _free_port()  # nothing listens: the cloud is down
+    settings = edge_settings(tmp_path, f"127.0.0.1:{port}", escalation_threshold=0.0, cloud_deadline_s=1.0)
+    edge = ThreadedEdge(settings, edge_model).start()
+    clip = next(c for c in real_clips if c.kind == "read")
+    try:
+        client = EdgeClient(edge.url)
+        client.start()
+        client.send_audio(pcm16(_with_silence(clip.samples())))
+        events = client.stop()
+        assert [e["cloud_pending"] for e in events if e["type"] == "final"] == [True]
+    finally:
+        edge.stop()
+    with EscalationQueue(Path(settings.queue_path), 100, 3600) as queue:
+        assert len(queue) == 1
+    cloud = ThreadedCloud(cloud_settings(model_cache, model="tiny.en", grpc_port=port)).start()
+    edge = ThreadedEdge(settings, edge_model).start()
+    try:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{edge.http}/health").json()["queued_escalations"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert httpx.get(f"{edge.http}/health").json()["queued_escalations"] == 0
+        assert "edge_cloud_errors_total" in httpx.get(f"{edge.http}/metrics").text
+    finally:
+        edge.stop()
+        cloud.stop()
+
+
+def _expect_error(url: str, messages: list[Any], code: str) -> tuple[dict[str, Any], int | None]:
+    with connect(url, open_timeout=10) as ws:
+        for message in messages:
+            ws.send(message)
+        while True:
+            event = json.loads(ws.recv(timeout=10))
+            if event["type"] == "error":
+                break
+        close_code = None
+        if code in ("frame_too_large",):
+            try:
+                while True:
+                    ws.recv(timeout=10)
+            except ConnectionClosed as exc:
+                close_code = exc.rcvd.code if exc.rcvd else None
+    assert event["code"] == code, event
+    assert event["message"]
+    return event, close_code
+
+
+def test_bad_inputs_get_error_events(edge: ThreadedEdge) -> None:
+    start = json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le"})
+    _expect_error(edge.url, [b"\x00\x00" * 100], "not_started")
+    _expect_error(
+        edge.url, [json.dumps({"type": "start", "sample_rate": 16000, "encoding": "mulaw"})], "bad_start"
+    )
+    _expect_error(edge.url, [json.dumps({"type": "start", "sample_rate": 4000})], "bad_start")
+    _expect_error(edge.url, [json.dumps({"type": "start", "sample_rate": 96000})], "bad_start")
+    _expect_error(edge.url, [json.dumps({"type": "start", "sample_rate": "fast"})], "bad_start")
+    _expect_error(edge.url, ["this is not json"], "bad_json")
+    _expect_error(edge.url, [json.dumps({"type": "dance"})], "unknown_type")
+    _expect_error(edge.url, [json.dumps([1, 2])], "bad_message")
+    _expect_error(edge.url, [json.dumps({"type": "stop"})], "not_started")
+    _expect_error(edge.url, [start, b"\x00\x00\x00"], "bad_audio")
+    _expect_error(edge.url, [start, json.dumps({"type": "start"})], "already_started")
+    _, close_code = _expect_error(
+        edge.url, [start, b"\x00" * (edge.settings.max_frame_bytes + 2)], "frame_too_large"
+    )
+    assert close_code == 1009
+    # The session goes on after a recoverable error, and the agent serves new clients.
+    client = EdgeClient(edge.url)
+    client.start()
+    client.ws.send(b"\x00\x00\x00")
+    client.send_audio(pcm16(np.zeros(RATE, np.float32)))
+    events = client.stop()
+    assert [e["code"] for e in events if e["type"] == "error"] == ["bad_audio"]
+    assert events[-1] == {"type": "end", "utterances": 0}
+    assert httpx.get(f"{edge.http}/health").json()["status"] == "ok"
+
+
+def test_session_limits(edge_model: Any, tmp_path: Path) -> None:
+    settings = edge_settings(tmp_path, None, max_sessions=1, max_session_bytes=64000, max_session_s=3.0)
+    edge = ThreadedEdge(settings, edge_model).start()
+    try:
+        first = EdgeClient(edge.url)
+        first.start()
+        with connect(edge.url, open_timeout=10) as ws:
+            event = json.loads(ws.recv(timeout=10))
+            assert event["code"] == "busy"
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(timeout=10)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1013
+        first.send_audio(b"\x00\x00" * 40000)
+        first.wait_for("end", timeout=30)
+        assert [e["code"] for e in first.of("error")] == ["session_limit"]
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{edge.http}/health").json()["sessions"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = EdgeClient(edge.url)
+        second.start()
+        second.wait_for("end", timeout=30)
+        assert [e["code"] for e in second.of("error")] == ["session_timeout"]
+    finally:
+        edge.stop()
+
+
+def test_health_and_metrics(edge: ThreadedEdge, real_clips: list[Clip]) -> None:
+    client = EdgeClient(edge.url)
+    client.start()
+    client.send_audio(pcm16(_with_silence(real_clips[0].samples())))
+    client.stop()
+    health = httpx.get(f"{edge.http}/health").json()
+    assert health["status"] == "ok" and health["model"] == "moonshine-base"
+    assert health["cloud"] == "closed"
+    metrics = httpx.get(f"{edge.http}/metrics").text
+    for name in (
+        "edge_utterances_total",
+        "edge_final_latency_seconds_count",
+        "edge_pilot_runs_total",
+        "edge_queue_depth",
+        "edge_sessions",
+    ):
+        assert name in metrics, name
