@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 RATE = 16000
+_KEPT_RESULTS = 1000
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class Session:
     async def finish(self) -> int:
         """End of the client's audio: close the open utterance and wait for every final."""
         self._ingest(self._resampler.flush())
-        # Feed the VAD's partial window as silence-free tail: the endpointer decides on what it saw.
+        # An utterance still open at the end of the audio ends here (reason "stream_end").
         for event in self._endpointer.flush():
             self._on_endpoint(event)
         if self._finals:
@@ -304,7 +305,7 @@ class Session:
         previous = self._last_final
         task = asyncio.ensure_future(self._complete(utt, decode, end, reason, previous))
         self._last_final = task
-        self._finals.append(task)
+        self._finals = [t for t in self._finals if not t.done()] + [task]
 
     async def _complete(
         self,
@@ -331,14 +332,15 @@ class Session:
         policy = self.rec.policy
         decision = policy.at_final(d.tokens, duration, speech_ratio, agreement, d.finished)
         reason: Reason | None = decision.reason
-        if outcome.stopped:
-            reason = Reason.DECODE_STOPPED
-        elif utt.early is not None:
+        if utt.early is not None:
             reason = Reason.EARLY_PILOT
+        elif outcome.stopped:
+            reason = Reason.DECODE_STOPPED
         escalate = self.rec.escalator is not None and (
             decision.escalate or outcome.stopped or utt.early is not None
         )
-        p_edge = decision.p_wrong
+        # A decode the offramp stopped holds only the start of the utterance: never prefer it.
+        p_edge = 1.0 if outcome.stopped else decision.p_wrong
         cloud: CloudResult | None = None
         cloud_p: float | None = None
         pending = False
@@ -368,6 +370,8 @@ class Session:
         if self.closed:
             return
         self._edge_results[utt.id] = (d.text, p_edge, duration)
+        if len(self._edge_results) > _KEPT_RESULTS:  # kept only to score late corrections
+            self._edge_results.pop(next(iter(self._edge_results)))
         start_s, end_s = utt.start / RATE, end / RATE
         if source == "cloud" and cloud is not None:
             best = cloud.hypotheses[0]

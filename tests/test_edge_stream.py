@@ -319,3 +319,54 @@ def test_health_and_metrics(edge: ThreadedEdge, real_clips: list[Clip]) -> None:
         "edge_sessions",
     ):
         assert name in metrics, name
+
+
+def test_early_escalation_streams_audio_before_end_of_speech(
+    edge_model: Any, cloud_tiny: ThreadedCloud, tmp_path: Path, real_clips: list[Clip]
+) -> None:
+    # Threshold 0: every pilot looks "hard", so the utterance goes to the cloud while it is spoken.
+    settings = edge_settings(tmp_path, cloud_tiny.grpc_target, escalation_threshold=0.0)
+    edge = ThreadedEdge(settings, edge_model).start()
+    try:
+        clip = next(c for c in real_clips if c.kind == "read" and c.duration > 5)
+        client = EdgeClient(edge.url)
+        client.start()
+        client.send_audio(pcm16(_with_silence(clip.samples(), 0.3, 1.0)), realtime_rate=2 * RATE * 2.0)
+        events = client.stop()
+        finals = [e for e in events if e["type"] == "final"]
+        assert len(finals) == 1
+        final = finals[0]
+        assert final["escalated"] and final["reason"] == "early_pilot"
+        assert not final["cloud_pending"]
+        assert wer([clip.text], [final["cloud_text"]]) < 0.2
+        assert wer([clip.text], [final["text"]]) < 0.2
+        metrics = httpx.get(f"{edge.http}/metrics").text
+        assert 'edge_escalations_total{reason="early_pilot"} 1.0' in metrics
+    finally:
+        edge.stop()
+
+
+def test_stream_command_prints_finals(edge: ThreadedEdge, real_clips: list[Clip], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    clip = next(c for c in real_clips if c.kind == "read")
+    path = tmp_path / "speech.wav"
+    sf.write(path, soxr.resample(_with_silence(clip.samples()), RATE, 22050), 22050)
+    script = Path(sys.executable).parent / "edge-agent"
+    done = subprocess.run(
+        [str(script), "stream", str(path), "--url", edge.url, "--speed", "0", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert events[0]["type"] == "ready" and events[0]["sample_rate"] == 22050
+    assert events[-1]["type"] == "end"
+    assert wer([clip.text], [_finals_text(events)]) < 0.15
+    shown = subprocess.run(
+        [str(script), "stream", str(path), "--url", edge.url, "--speed", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "FINAL [" in shown.stdout and "end: 1 utterance(s)" in shown.stdout
