@@ -43,6 +43,18 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-pilot", dest="pilot", action="store_const", const=False, help="disable pilot inference"
     )
+    p.add_argument("--no-offramps", dest="offramps", action="store_const", const=False,
+                   help="decide on escalation only after the final decode (EDGE_OFFRAMPS)")  # fmt: skip
+    p.add_argument(
+        "--no-speculative",
+        dest="speculative",
+        action="store_const",
+        const=False,
+        help="decode only after the endpoint fires (EDGE_SPECULATIVE)",
+    )
+    p.add_argument(
+        "--always-cloud", action="store_const", const=True, help="send every utterance to the cloud"
+    )
     p.add_argument("--mic", action="store_true", help="transcribe the default microphone instead of serving")
     p.add_argument("--log-level", help="DEBUG, INFO, ... (EDGE_LOG_LEVEL)")
     return p

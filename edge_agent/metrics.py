@@ -29,6 +29,15 @@ class EdgeMetrics:
         self.queue_depth.set_function(queue_depth)
         self.sessions = Gauge("edge_sessions", "Open WebSocket sessions", registry=self.registry)
         self.sessions.set_function(sessions)
+        self.inference_seconds = Counter(
+            "edge_inference_seconds",
+            "Time the inference thread spent, by job kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.audio_seconds = Counter(
+            "edge_audio_seconds", "Seconds of utterance audio finalized", registry=self.registry
+        )
         self.errors = Counter(
             "edge_client_errors", "Error events sent, by code", ["code"], registry=self.registry
         )

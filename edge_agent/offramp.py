@@ -15,6 +15,7 @@ class Reason(str, Enum):
     EARLY_PILOT = "early_pilot"
     DECODE_STOPPED = "decode_stopped"
     LONG_UTTERANCE = "long_utterance"
+    FORCED = "forced"
 
 
 @dataclass(frozen=True)

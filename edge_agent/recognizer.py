@@ -46,10 +46,12 @@ class Recognizer:
         self.policy = OfframpPolicy.from_calibration(
             self.calibration, settings.escalation_threshold, settings.target_offload_rate
         )
-        self.worker = InferenceWorker()
         self.escalator: Escalator | None = None
         self.sessions: dict[str, Session] = {}
         self.metrics = EdgeMetrics(self._queue_depth, lambda: float(len(self.sessions)))
+        self.worker = InferenceWorker(
+            lambda kind, seconds: self.metrics.inference_seconds.labels(kind).inc(seconds)
+        )
         log.info(
             "edge model %s ready in %.2f s; escalation threshold %.3f (early %.3f, stop %.3f)",
             self.model.name,

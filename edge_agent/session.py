@@ -177,7 +177,7 @@ class Session:
         if utt.early is not None and now > utt.early_sent:
             self._send_early(utt, now)
         # Speculative final: as soon as the padded end of a pause is in, decode what the final will be.
-        if utt.silence_at is not None and utt.speculative is None:
+        if utt.silence_at is not None and utt.speculative is None and self.rec.settings.speculative:
             end = utt.silence_at + self._pad
             if now >= end:
                 utt.speculative_end = end
@@ -229,7 +229,8 @@ class Session:
         self.rec.metrics.pilot_runs.inc()
         if decoded.text:
             self._emit(events.partial(utt.id, decoded.text, utt.start / RATE, end / RATE))
-        if utt.early is None and self.rec.escalator is not None and self._utt is utt:
+        offramps = self.rec.settings.offramps and not self.rec.settings.always_cloud
+        if offramps and utt.early is None and self.rec.escalator is not None and self._utt is utt:
             decision = self.rec.policy.at_pilot(
                 decoded.tokens,
                 (end - utt.start) / RATE,
@@ -269,6 +270,8 @@ class Session:
         """Runs on the inference thread."""
         began = time.perf_counter()
         model, policy = self.rec.model, self.rec.policy
+        settings = self.rec.settings
+        offramps = settings.offramps and not settings.always_cloud
         seconds = len(audio) / RATE
         tokens: list[TokenInfo] = []
         stopped = False
@@ -280,14 +283,14 @@ class Session:
             done = list(tokens)
 
             def stop(new: Sequence[TokenInfo], done: list[TokenInfo] = done) -> bool:
-                return policy.should_stop([*done, *new], seconds, speech_ratio)
+                return offramps and policy.should_stop([*done, *new], seconds, speech_ratio)
 
             decoded = greedy_decode(model, encoded, pilot=pilot if i == 0 else (), stop=stop)
             tokens.extend(decoded.tokens)
             reused += decoded.reused_tokens
             calls += decoded.decoder_calls
             finished = finished and decoded.finished
-            if not decoded.finished and policy.should_stop(tokens, seconds, speech_ratio):
+            if offramps and not decoded.finished and policy.should_stop(tokens, seconds, speech_ratio):
                 stopped = True
                 break
         text = model.detokenize([t.id for t in tokens])
@@ -336,8 +339,11 @@ class Session:
             reason = Reason.EARLY_PILOT
         elif outcome.stopped:
             reason = Reason.DECODE_STOPPED
+        always = self.rec.settings.always_cloud
+        if always:
+            reason = Reason.FORCED
         escalate = self.rec.escalator is not None and (
-            decision.escalate or outcome.stopped or utt.early is not None
+            always or decision.escalate or outcome.stopped or utt.early is not None
         )
         # A decode the offramp stopped holds only the start of the utterance: never prefer it.
         p_edge = 1.0 if outcome.stopped else decision.p_wrong
@@ -364,7 +370,8 @@ class Session:
             pending = cloud is None
             if cloud is not None and cloud.hypotheses:
                 cloud_p = self._cloud_p_wrong(cloud, d.text, duration)
-        source = choose(p_edge, cloud_p)
+        source = "cloud" if always and cloud_p is not None else choose(p_edge, cloud_p)
+        self.rec.metrics.audio_seconds.inc(duration)
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)  # finals go out in order
         if self.closed:
@@ -497,6 +504,7 @@ _REASONS = {
     Reason.EARLY_PILOT: speech_pb2.EARLY_PILOT,
     Reason.DECODE_STOPPED: speech_pb2.LOW_CONFIDENCE,
     Reason.LONG_UTTERANCE: speech_pb2.LONG_UTTERANCE,
+    Reason.FORCED: speech_pb2.FORCED,
 }
 
 

@@ -58,10 +58,16 @@ class EdgeSettings(BaseSettings):
     # -- pilot inference / offramps -------------------------------------------------------
     pilot: bool = True
     """Decode partial audio while the user speaks (partials; final reuses the work)."""
+    speculative: bool = True
+    """Start the final decode at the first silence, before the endpoint fires (dropped if speech resumes)."""
     pilot_min_audio_ms: int = Field(default=600, ge=100)
     """No pilot before this much speech."""
     pilot_min_new_audio_ms: int = Field(default=400, ge=50)
     """A new pilot needs at least this much new audio since the last one."""
+    offramps: bool = True
+    """Escalate early from pilots and stop hopeless final decodes (off: decide after the final decode)."""
+    always_cloud: bool = False
+    """Send every utterance to the cloud and keep its answer (a baseline; the edge result is the fallback)."""
     calibration_path: Path | None = None
     """Calibration file for the confidence model; default: the one shipped with the package."""
     escalation_threshold: float | None = Field(default=None, ge=0.0, le=1.0)

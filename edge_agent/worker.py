@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +44,8 @@ def pick_next(finals: deque[Job[Any]], pilots: OrderedDict[Hashable, Job[Any]]) 
 
 
 class InferenceWorker:
-    def __init__(self) -> None:
+    def __init__(self, on_job: Callable[[str, float], None] | None = None) -> None:
+        self._on_job = on_job
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-inference")
         self._finals: deque[Job[Any]] = deque()
         self._pilots: OrderedDict[Hashable, Job[Any]] = OrderedDict()
@@ -104,6 +106,7 @@ class InferenceWorker:
                 await self._wake.wait()
                 continue
             self.busy = True
+            started = time.perf_counter()
             try:
                 result = await loop.run_in_executor(self._executor, job.fn)
             except Exception as exc:  # delivered to the waiter, which decides what it means
@@ -114,5 +117,7 @@ class InferenceWorker:
                     job.future.set_result(result)
             finally:
                 self.busy = False
+                if self._on_job is not None:
+                    self._on_job(job.kind, time.perf_counter() - started)
             if job.kind == "pilot":
                 self.pilot_runs += 1

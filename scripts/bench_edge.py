@@ -4,7 +4,7 @@ Starts ``cloud-server`` (Whisper base) and ``edge-agent`` processes on loopback 
 set through the edge's WebSocket, one utterance per connection, each padded with silence:
 
 * ``pilot``: pilot inference on, default calibrated escalation (the hybrid), streamed in real time;
-* ``plain``: pilot inference off and no cloud (ingest, then decode after the endpoint), real time;
+* ``plain``: no pilot, no speculative decode, no cloud (ingest, then decode after the endpoint), real time;
 * ``cloud``: escalation threshold 0, so every utterance goes to the cloud (for cloud-only WER).
 
 Figures: final latency after end of speech (audio timeline; includes the VAD's silence wait) and
@@ -171,7 +171,7 @@ def main() -> None:
         try:
             _wait(f"http://127.0.0.1:{rest}/ready", cloud)
             pilot = run_mode(clips, [], 1.0, grpc_port)
-            plain = run_mode(clips, ["--no-pilot"], 1.0, None)
+            plain = run_mode(clips, ["--no-pilot", "--no-speculative"], 1.0, None)
             cloud_all = run_mode(clips, ["--escalation-threshold", "0"], 4.0, grpc_port)
         finally:
             cloud.send_signal(signal.SIGTERM)
@@ -187,7 +187,7 @@ def main() -> None:
         "edge_rtf": rtf,
     }
     latency = {}
-    for name, run in (("pilot (hybrid)", pilot), ("plain (no pilot, edge only)", plain)):
+    for name, run in (("pilot (hybrid)", pilot), ("plain (decode after endpoint, edge only)", plain)):
         lat = [x for f in run["finals"] for x in f["latency_ms"]]
         fin = [x for f in run["finals"] for x in f["finalize_ms"]]
         latency[name] = (_pct(lat, 50), _pct(lat, 95), _pct(fin, 50), _pct(fin, 95), run["rss_peak_mb"])

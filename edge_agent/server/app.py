@@ -67,6 +67,7 @@ def create_app(settings: EdgeSettings | None = None, recognizer: Recognizer | No
                 "sessions": len(rec.sessions),
                 "cloud": escalator.status() if escalator is not None else "disabled",
                 "queued_escalations": int(escalator.queue_depth) if escalator is not None else 0,
+                "escalation_threshold": rec.policy.threshold,
             }
         )
 

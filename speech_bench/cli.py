@@ -1,0 +1,289 @@
+"""``speech-bench``: stream labelled utterances through the real system and measure every mode.
+
+Modes (one edge-agent process each, one shared cloud server, all started here on free ports):
+``edge`` (no cloud), ``cloud`` (every utterance sent to the cloud), ``naive`` (no pilot, no speculation:
+decode after the endpoint fires, then threshold and escalate) and ``pasu`` (pilot inference, offramps,
+early escalation, per-utterance choice). ``--sweep`` replays the recorded confidences across thresholds
+without decoding again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MODES: dict[str, list[str]] = {
+    "edge": [],
+    "cloud": ["--always-cloud"],
+    "naive": ["--no-pilot", "--no-offramps", "--no-speculative"],
+    "pasu": [],
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="speech-bench", description=__doc__)
+    p.add_argument(
+        "manifests", nargs="*", type=Path, help="NeMo manifests (audio_filepath, text, duration[, kind])"
+    )
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--speed", type=float, default=1.0, help="1 = real time (latency figures need 1)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N utterances")
+    p.add_argument("--out", type=Path, help="write the report (JSON) here")
+    p.add_argument("--plots", type=Path, help="write PNG plots into this directory")
+    p.add_argument("--sweep", action="store_true", help="threshold sweep from recorded confidences")
+    p.add_argument(
+        "--from-report", type=Path, help="reuse a report's records (with --sweep) instead of streaming"
+    )
+    p.add_argument(
+        "--write-calibration", type=Path, help="with --sweep: write a calibration with the best threshold"
+    )
+    p.add_argument("--max-offload", type=float, default=0.25, help="offload cap for the chosen threshold")
+    p.add_argument("--cloud-model", default="base")
+    p.add_argument("--threads", type=int, default=2, help="threads for the cloud model")
+    p.add_argument(
+        "--edge-url", help="use a running edge (ws://host:port/v1/stream) for the single mode given"
+    )
+    p.add_argument("--cloud-target", help="use a running cloud (host:port gRPC) for the edges started here")
+    p.add_argument("--cloud-url", help="HTTP base URL of that running cloud (for its metrics)")
+    return p
+
+
+def _records_from_report(path: Path) -> dict[str, list[Any]]:
+    from speech_bench.manifest import Utterance
+    from speech_bench.streaming import Record
+
+    data = json.loads(path.read_text())
+    out: dict[str, list[Any]] = {}
+    for mode, figures in data["modes"].items():
+        records = []
+        for row in figures["records"]:
+            utt = Utterance(
+                Path(row["audio_filepath"]), row["reference"], row["duration"], row["kind"], row["set"]
+            )
+            fields = {k: v for k, v in row.items() if k in Record.__dataclass_fields__ and k != "utterance"}
+            records.append(Record(utterance=utt, **fields))
+        out[mode] = records
+    return out
+
+
+def run_modes(args: argparse.Namespace, utterances: list[Any], workdir: Path) -> tuple[dict[str, Any], dict]:
+    from tqdm import tqdm
+
+    from speech_bench import services
+    from speech_bench.streaming import stream_utterance
+
+    records: dict[str, list[Any]] = {}
+    resources: dict[str, Any] = {}
+    cloud = None
+    if args.edge_url is None and args.cloud_target is None:
+        cloud = services.start_cloud(args.cloud_model, args.threads, workdir / "cloud.log")
+        target, cloud_http = cloud.extra["grpc"], cloud.url
+    else:
+        target, cloud_http = args.cloud_target or "", args.cloud_url
+    bar = tqdm(total=len(utterances) * len(args.modes), unit="utt", file=sys.stderr)
+    try:
+        for mode in args.modes:
+            edge = None
+            if args.edge_url:
+                url = args.edge_url
+            else:
+                queue = workdir / f"{mode}-queue.sqlite3"
+                edge = services.start_edge(
+                    MODES[mode], "" if mode == "edge" else target, queue, workdir / "edge.log"
+                )
+                url = edge.url.replace("http://", "ws://") + "/v1/stream"
+            before = (
+                services.metric(services_text(cloud_http), "cloud_inference_seconds_sum")
+                if cloud_http
+                else 0.0
+            )
+            mode_records = []
+            for utterance in utterances:
+                bar.set_description(mode)
+                mode_records.append(asyncio.run(stream_utterance(url, utterance, mode, args.speed)))
+                bar.update(1)
+            records[mode] = mode_records
+            after = (
+                services.metric(services_text(cloud_http), "cloud_inference_seconds_sum")
+                if cloud_http
+                else 0.0
+            )
+            info: dict[str, Any] = {"cloud_seconds": after - before}
+            if edge is not None:
+                text = edge.metrics()
+                audio = services.metric(text, "edge_audio_seconds_total")
+                spent = services.metric(text, "edge_inference_seconds_total")
+                info.update(
+                    edge_rtf=spent / audio if audio else None,
+                    edge_peak_rss_mb=edge.peak_rss_mb(),
+                    threshold=__import__("httpx")
+                    .get(f"{edge.url}/health")
+                    .json()
+                    .get("escalation_threshold"),
+                )
+                edge.stop()
+            resources[mode] = info
+        if cloud is not None:
+            resources["cloud_peak_rss_mb"] = cloud.peak_rss_mb()
+    finally:
+        bar.close()
+        if cloud is not None:
+            cloud.stop()
+    return records, resources
+
+
+def services_text(url: str) -> str:
+    import httpx
+
+    return httpx.get(f"{url}/metrics", timeout=10).text
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from speech_bench import figures
+        from speech_bench.manifest import load_manifests
+    except ImportError as exc:
+        sys.exit(f"speech-bench needs the bench extras: pip install 'edge-cloud-asr[bench]' ({exc})")
+    if args.edge_url and len(args.modes) != 1:
+        sys.exit("--edge-url measures one running edge: name its mode with --modes MODE")
+    if args.sweep and "cloud" not in args.modes and not args.from_report:
+        args.modes.append("cloud")  # the sweep needs both texts and both confidences per utterance
+    started = time.time()
+    resources: dict[str, Any] = {}
+    if args.from_report:
+        records = _records_from_report(args.from_report)
+        previous = json.loads(args.from_report.read_text())
+        resources = {
+            m: {
+                k: v
+                for k, v in d.items()
+                if k in ("cloud_seconds", "edge_rtf", "edge_peak_rss_mb", "threshold")
+            }
+            for m, d in previous["modes"].items()
+        }
+    else:
+        if not args.manifests:
+            sys.exit("give at least one manifest")
+        utterances = load_manifests(args.manifests)
+        if args.limit:
+            utterances = utterances[: args.limit]
+        with tempfile.TemporaryDirectory(prefix="speech-bench-") as tmp:
+            records, resources = run_modes(args, utterances, Path(tmp))
+    report: dict[str, Any] = {
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "settings": {
+            "speed": args.speed,
+            "cloud_model": args.cloud_model,
+            "cloud_threads": args.threads,
+            "manifests": [str(m) for m in args.manifests],
+        },
+        "seconds": round(time.time() - started, 1),
+        "modes": {},
+    }
+    for mode, mode_records in records.items():
+        data = figures.mode_figures(mode_records)
+        data.update(resources.get(mode, {}))
+        data["records"] = [r.to_json() for r in mode_records]
+        report["modes"][mode] = data
+    if "cloud_peak_rss_mb" in resources:
+        report["cloud_peak_rss_mb"] = resources["cloud_peak_rss_mb"]
+    if "cloud" in records:
+        report["oracle"] = figures.oracle(records["cloud"])
+    if args.sweep and "cloud" in records:
+        points = figures.sweep(records["cloud"])
+        best = figures.best_point(points, args.max_offload)
+        threshold = (resources.get("pasu") or {}).get("threshold")
+        current = None
+        if threshold is not None:
+            current = next(iter(figures.sweep_at(records["cloud"], [float(threshold)])), None)
+        report["sweep"] = {
+            "points": [p.__dict__ for p in points],
+            "best_within_offload": best.__dict__,
+            "max_offload": args.max_offload,
+            "operating_point": current.__dict__ if current else best.__dict__,
+        }
+        if args.write_calibration:
+            write_calibration(args.write_calibration, best.threshold, records["cloud"])
+    _print_summary(report)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+        print(f"report: {args.out}")
+    if args.plots:
+        from speech_bench.plots import write_plots
+
+        for path in write_plots(report, args.plots):
+            print(f"plot: {path}")
+
+
+def write_calibration(path: Path, threshold: float, records: list[Any]) -> None:
+    """The current calibration with the swept threshold and this run's score distribution."""
+    import dataclasses
+
+    import numpy as np
+
+    from edge_agent.confidence import Calibration
+
+    calibration = Calibration.load(
+        Path(os.environ["EDGE_CALIBRATION_PATH"]) if "EDGE_CALIBRATION_PATH" in os.environ else None
+    )
+    scores = [r.edge_p_wrong for r in records if r.edge_p_wrong is not None]
+    shift = threshold - calibration.threshold
+    updated = dataclasses.replace(
+        calibration,
+        threshold=threshold,
+        early_threshold=min(0.99, calibration.early_threshold + shift),
+        stop_threshold=min(0.995, calibration.stop_threshold + shift),
+        score_quantiles=tuple(float(q) for q in np.percentile(scores, np.linspace(0, 100, 101))),
+        source=f"{calibration.source}; threshold from speech-bench --sweep over {len(scores)} utterances",
+    )
+    updated.save(path)
+    print(f"calibration: {path} (threshold {threshold:.4f})")
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    def ms(value: float | None) -> str:
+        return f"{value:.0f}" if value is not None else "-"
+
+    header = ("mode", "WER", "offload", "lat p50", "p95", "p99", "fin p50", "1st part", "cloud s", "edge RTF")
+    print(" ".join(f"{h:>9}" for h in header))
+    for mode, d in report["modes"].items():
+        lat, fin, part = d["latency_ms"], d["finalize_ms"], d["first_partial_ms"]
+        rtf = d.get("edge_rtf")
+        cells = [
+            mode,
+            f"{100 * d['wer']:.2f}%",
+            f"{100 * d['offload']:.1f}%",
+            ms(lat["p50"]),
+            ms(lat["p95"]),
+            ms(lat["p99"]),
+            ms(fin["p50"]),
+            ms(part["p50"]),
+            f"{d.get('cloud_seconds', 0):.1f}",
+            f"{rtf:.3f}" if rtf else "-",
+        ]
+        print(" ".join(f"{c:>9}" for c in cells))
+    if "oracle" in report:
+        print(f"oracle WER {100 * report['oracle']['wer']:.2f}%")
+    if "sweep" in report:
+        best = report["sweep"]["best_within_offload"]
+        print(f"sweep: best WER {100 * best['wer']:.2f}% at offload {100 * best['offload']:.1f}% "
+              f"(threshold {best['threshold']:.4f})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

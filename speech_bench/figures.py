@@ -1,0 +1,108 @@
+"""Figures per mode, the oracle, and the threshold sweep from recorded confidences (no re-decoding)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from speech_bench.scoring import errors
+from speech_bench.streaming import Record
+
+
+def _pct(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def wer_of(records: Sequence[Record], field: str = "text") -> float:
+    e = w = 0
+    for r in records:
+        de, dw = errors(r.utterance.text, getattr(r, field))
+        e += de
+        w += dw
+    return e / w if w else 0.0
+
+
+def mode_figures(records: Sequence[Record]) -> dict[str, Any]:
+    by_kind: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_kind[r.utterance.kind or "all"].append(r)
+    latency = [r.latency_ms for r in records if r.latency_ms is not None]
+    finalize = [x for r in records for x in r.finalize_ms]
+    partial = [r.first_partial_ms for r in records if r.first_partial_ms is not None]
+    short = [r.latency_ms for r in records if r.latency_ms is not None and r.utterance.duration <= 10]
+    return {
+        "utterances": len(records),
+        "wer": wer_of(records),
+        "wer_by_kind": {k: wer_of(v) for k, v in sorted(by_kind.items())},
+        "latency_ms": {"p50": _pct(latency, 50), "p95": _pct(latency, 95), "p99": _pct(latency, 99)},
+        "latency_ms_up_to_10s": {"p50": _pct(short, 50), "p95": _pct(short, 95)},
+        "finalize_ms": {"p50": _pct(finalize, 50), "p95": _pct(finalize, 95), "p99": _pct(finalize, 99)},
+        "first_partial_ms": {"p50": _pct(partial, 50), "p95": _pct(partial, 95)},
+        "offload": float(np.mean([r.escalated for r in records])) if records else 0.0,
+        "errors": sorted({e for r in records for e in r.errors}),
+    }
+
+
+def oracle(records: Sequence[Record]) -> dict[str, float]:
+    """Per utterance the better of the edge's and the cloud's text (needs both, as the cloud mode has)."""
+    e = w = 0
+    for r in records:
+        edge_e, words = errors(r.utterance.text, r.edge_text)
+        cloud_e, _ = errors(r.utterance.text, r.cloud_text)
+        e += min(edge_e, cloud_e)
+        w += words
+    return {
+        "wer": e / w if w else 0.0,
+        "edge_wer": wer_of(records, "edge_text"),
+        "cloud_wer": wer_of(records, "cloud_text"),
+    }
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    threshold: float
+    wer: float
+    offload: float
+
+
+def sweep_at(records: Sequence[Record], thresholds: Sequence[float]) -> list[SweepPoint]:
+    """Escalate when P(edge wrong) > t and keep the likelier of edge and cloud, for each t.
+
+    Uses records that carry both texts and both confidences (the cloud mode's)."""
+    cached = []
+    for r in records:
+        if r.edge_p_wrong is None:
+            continue
+        edge_e, words = errors(r.utterance.text, r.edge_text)
+        cloud_e, _ = errors(r.utterance.text, r.cloud_text)
+        cached.append((r.edge_p_wrong, r.cloud_p_wrong, edge_e, words, cloud_e))
+    total_words = sum(c[3] for c in cached) or 1
+    out = []
+    for t in thresholds:
+        e = escalated = 0
+        for p_edge, p_cloud, edge_e, _, cloud_e in cached:
+            if p_edge > t:
+                escalated += 1
+                e += cloud_e if p_cloud is not None and p_cloud < p_edge else edge_e
+            else:
+                e += edge_e
+        out.append(SweepPoint(float(t), e / total_words, escalated / max(1, len(cached))))
+    return out
+
+
+def sweep(records: Sequence[Record], points: int = 60) -> list[SweepPoint]:
+    """The sweep over thresholds at quantiles of the recorded P(edge wrong), plus 0 and 1."""
+    scores = [r.edge_p_wrong for r in records if r.edge_p_wrong is not None]
+    if not scores:
+        return []
+    candidates = sorted({0.0, 1.0, *np.quantile(scores, np.linspace(0, 1, points)).tolist()})
+    return sweep_at(records, candidates)
+
+
+def best_point(points: Sequence[SweepPoint], max_offload: float) -> SweepPoint:
+    allowed = [p for p in points if p.offload <= max_offload + 1e-9]
+    return min(allowed or points, key=lambda p: (p.wer, p.offload))

@@ -1,0 +1,129 @@
+"""Start the real cloud server and edge agents as processes on free loopback ports, and read their
+health, metrics and memory."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(
+    url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 300, log: Path | None = None
+) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+            raise SystemExit(f"{url}: the process exited with code {proc.returncode}\n{tail}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} was not ready within {timeout:.0f} s")
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    return int(match.group(1)) / 1024 if match else None
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """Sum of a Prometheus sample (optionally one label set) in an exposition text."""
+    total = 0.0
+    pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? ([0-9.eE+-]+)$", re.M)
+    for match in pattern.finditer(text):
+        if labels and labels not in (match.group(1) or ""):
+            continue
+        total += float(match.group(2))
+    return total
+
+
+@dataclass
+class Service:
+    name: str
+    url: str
+    """HTTP base URL (health/metrics)."""
+    proc: subprocess.Popen[bytes] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=10).text
+
+    def peak_rss_mb(self) -> float | None:
+        return peak_rss_mb(self.proc.pid) if self.proc is not None else None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_cloud(model: str, threads: int, log: Path) -> Service:
+    rest, grpc_port = free_port(), free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLOUD_LOG_LEVEL": "WARNING"}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [
+                *(str(_BIN / "cloud-server"), "--host", "127.0.0.1", "--port", str(rest)),
+                *("--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port)),
+                *("--model", model, "--cpu-threads", str(threads)),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    service = Service("cloud", f"http://127.0.0.1:{rest}", proc, {"grpc": f"127.0.0.1:{grpc_port}"})
+    try:
+        wait_ready(f"{service.url}/ready", proc, log=log)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def start_edge(args: list[str], cloud_target: str, queue: Path, log: Path) -> Service:
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGE_LOG_LEVEL": "WARNING"}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [
+                *(str(_BIN / "edge-agent"), "--host", "127.0.0.1", "--port", str(port)),
+                *("--cloud-target", cloud_target, "--queue-path", str(queue), *args),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    service = Service("edge", f"http://127.0.0.1:{port}", proc)
+    try:
+        wait_ready(f"{service.url}/health", proc, log=log)
+    except BaseException:
+        service.stop()
+        raise
+    return service

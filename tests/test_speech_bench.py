@@ -1,0 +1,71 @@
+"""speech-bench smoke run: a handful of utterances through the real system, every mode, report and plots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from speech_bench.figures import SweepPoint, best_point, sweep_at
+from speech_bench.manifest import Utterance
+from speech_bench.scoring import corpus_wer, errors, normalize
+from speech_bench.streaming import Record
+
+pytestmark = pytest.mark.model
+
+
+def test_scoring_normalizes_numbers_case_and_punctuation() -> None:
+    assert normalize("Turn the lights down to 30%.") == normalize("turn the lights down to thirty percent")
+    assert errors("ten of clubs", "10 of clubs.") == (0, 3)
+    assert errors("ten of clubs", "ten of cloves") == (1, 3)
+    assert errors("ten of clubs", "") == (3, 3)
+    assert corpus_wer([("a b c d", "a b c d"), ("e f", "e x")]) == pytest.approx(1 / 6)
+
+
+def _record(text: str, edge: str, cloud: str, p_edge: float, p_cloud: float) -> Record:
+    utterance = Utterance(Path("x.wav"), text, 1.0, "k", "s")
+    return Record(utterance, "cloud", cloud, edge, cloud, True, [], p_edge, p_cloud)
+
+
+def test_sweep_replays_decisions_exactly() -> None:
+    records = [
+        _record("red green blue", "red green blue", "red green blue", 0.1, 0.2),  # both right
+        _record("cats like milk", "cats like silk", "cats like milk", 0.8, 0.1),  # cloud right, edge unsure
+        _record("open the door", "open the door", "open a door", 0.6, 0.9),  # edge right, cloud worse
+    ]
+    never, mid, always = sweep_at(records, [1.0, 0.5, 0.0])
+    assert never == SweepPoint(1.0, 1 / 9, 0.0)
+    assert mid == SweepPoint(0.5, 0.0, 2 / 3)  # escalates 2 and keeps the likelier each time
+    assert always == SweepPoint(0.0, 0.0, 1.0)
+    assert best_point([never, mid, always], max_offload=0.7) == mid
+    assert best_point([never, mid, always], max_offload=0.1) == never
+
+
+def test_speech_bench_smoke(tmp_path: Path, audio_dir: Path) -> None:
+    manifest = audio_dir / "pocketsphinx" / "manifest.jsonl"
+    out, plots = tmp_path / "report.json", tmp_path / "plots"
+    script = Path(sys.executable).parent / "speech-bench"
+    done = subprocess.run(
+        [str(script), str(manifest), "--limit", "3", "--speed", "3", "--cloud-model", "tiny.en",
+         "--out", str(out), "--plots", str(plots), "--sweep"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["modes"]) == {"edge", "cloud", "naive", "pasu"}
+    for mode, data in report["modes"].items():
+        assert data["utterances"] == 3 and len(data["records"]) == 3
+        assert 0.0 <= data["wer"] < 0.5, mode
+        assert data["latency_ms"]["p50"] is not None
+        assert data["edge_peak_rss_mb"] > 100
+        assert data["edge_rtf"] is not None and 0 < data["edge_rtf"] < 2
+    assert report["modes"]["edge"]["offload"] == 0.0
+    assert report["modes"]["cloud"]["offload"] == 1.0 and report["modes"]["cloud"]["cloud_seconds"] > 0
+    assert report["modes"]["edge"]["cloud_seconds"] == 0.0
+    assert report["oracle"]["wer"] <= min(report["oracle"]["edge_wer"], report["oracle"]["cloud_wer"])
+    assert report["sweep"]["points"] and "operating_point" in report["sweep"]
+    assert {p.name for p in plots.iterdir()} == {"latency_cdf.png", "wer_vs_offload.png", "wer_by_kind.png"}
+    assert "oracle WER" in done.stdout
