@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -70,7 +71,15 @@ def load_settings(argv: list[str]) -> tuple[EdgeSettings, bool]:
 async def serve(settings: EdgeSettings) -> None:
     import uvicorn
 
+    from edge_agent import systemd
     from edge_agent.server.app import create_app
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            # uvicorn runs the lifespan (model load) and then binds: after this, clients can connect.
+            await super().startup(sockets)
+            if not self.should_exit:
+                systemd.notify(f"READY=1\nSTATUS=serving on {settings.host}:{settings.port}")
 
     config = uvicorn.Config(
         create_app(settings),
@@ -79,11 +88,18 @@ async def serve(settings: EdgeSettings) -> None:
         log_config=None,
         ws_max_size=settings.max_frame_bytes * 2,
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
-    await server.serve()
+    interval = systemd.watchdog_interval()
+    watchdog = asyncio.create_task(systemd.watchdog_loop(interval)) if interval else None
+    try:
+        await server.serve()
+    finally:
+        systemd.notify("STOPPING=1")
+        if watchdog is not None:
+            watchdog.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:
