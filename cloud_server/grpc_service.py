@@ -16,6 +16,7 @@ from cloud_server.engine import RequestCancelledError
 from cloud_server.pool import OverloadedError
 from cloud_server.results import Recognition, RecognizeOptions
 from cloud_server.runtime import CloudRuntime, ModelNotReadyError
+from cloud_server.settings import CloudSettings
 from protos import speech_pb2, speech_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -217,10 +218,26 @@ def create_grpc_server(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(address)
+    credentials = server_credentials(runtime.settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind gRPC to {address}")
     return server, port, health_servicer
+
+
+def server_credentials(settings: CloudSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials when a certificate is configured; with a client CA, client certs are required."""
+    if settings.tls_cert_file is None and settings.tls_key_file is None:
+        if settings.tls_client_ca_file is not None:
+            raise ValueError("CLOUD_TLS_CLIENT_CA_FILE needs CLOUD_TLS_CERT_FILE and CLOUD_TLS_KEY_FILE")
+        return None
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        raise ValueError("TLS needs both CLOUD_TLS_CERT_FILE and CLOUD_TLS_KEY_FILE")
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:

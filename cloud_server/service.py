@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Iterator
 
 import grpc
@@ -57,6 +58,10 @@ class CloudServer:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=int(s.grace_s),
+            ssl_certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
+            ssl_keyfile=str(s.tls_key_file) if s.tls_key_file else None,
+            ssl_ca_certs=str(s.tls_client_ca_file) if s.tls_client_ca_file else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if s.tls_client_ca_file else ssl.CERT_NONE,
         )
         self._uvicorn = _Uvicorn(config)
         # Binding here (not inside serve()) makes a taken port fail start() and tells us port 0's pick.

@@ -50,6 +50,12 @@ class CloudSettings(BaseSettings):
     language: str | None = None
     """Default language code; unset means detect."""
 
+    tls_cert_file: Path | None = None
+    """PEM server certificate (chain): serve gRPC and REST over TLS."""
+    tls_key_file: Path | None = None
+    """PEM private key of ``tls_cert_file``."""
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle: require and verify client certificates (mutual TLS) on gRPC and REST."""
     api_key: SecretStr | None = None
     """When set, REST needs ``Authorization: Bearer <key>`` and gRPC the same in metadata."""
     grace_s: float = Field(default=5.0, ge=0)

@@ -80,6 +80,16 @@ class EdgeSettings(BaseSettings):
     """gRPC target of the cloud recognizer (host:port, or dns:///name:port); empty disables escalation."""
     cloud_api_key: SecretStr | None = None
     """Bearer key for the cloud."""
+    cloud_tls: bool = False
+    """Connect to the cloud over TLS (system roots unless ``cloud_ca_file`` is set)."""
+    cloud_ca_file: Path | None = None
+    """PEM bundle of the CA that signed the cloud's certificate (implies TLS)."""
+    cloud_client_cert_file: Path | None = None
+    """PEM client certificate for mutual TLS."""
+    cloud_client_key_file: Path | None = None
+    """PEM private key of the client certificate."""
+    ws_token: SecretStr | None = None
+    """When set, WebSocket clients must send ``Authorization: Bearer <token>`` (or ``?token=``)."""
     cloud_deadline_s: float = Field(default=4.0, gt=0.0, le=120.0)
     """Deadline of one escalation; the edge never waits longer for the cloud."""
     cloud_n_best: int = Field(default=3, ge=1, le=10)

@@ -184,6 +184,7 @@ class CloudClient:
         breaker: CircuitBreaker,
         *,
         stream_max_s: float = 300.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         if deadline_s <= 0:
             raise ValueError("deadline_s must be positive")
@@ -197,6 +198,7 @@ class CloudClient:
         # The gRPC deadline of a whole stream (audio is sent while the user speaks, so it cannot be the
         # per-answer deadline); it stops a forgotten stream from holding a server slot forever.
         self._stream_max_s = stream_max_s
+        self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self._stub: CloudRecognizerAsyncStub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -250,7 +252,12 @@ class CloudClient:
     def _get_stub(self) -> CloudRecognizerAsyncStub:
         loop = asyncio.get_running_loop()
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=_channel_options())
+            if self._credentials is not None:
+                self._channel = grpc.aio.secure_channel(
+                    self.target, self._credentials, options=_channel_options()
+                )
+            else:
+                self._channel = grpc.aio.insecure_channel(self.target, options=_channel_options())
             self._stub = speech_pb2_grpc.CloudRecognizerStub(self._channel)
             self._loop = loop
         elif loop is not self._loop:

@@ -11,6 +11,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import grpc
+
 from edge_agent.escalation.breaker import CircuitBreaker
 from edge_agent.escalation.client import CloudClient, CloudResult, CloudStream, CloudUnavailable
 from edge_agent.escalation.queue import EscalationQueue, QueuedEscalation
@@ -30,9 +32,13 @@ class Escalator:
         self._rec = rec
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self.client = CloudClient(
-            settings.cloud_target, settings.cloud_api_key, settings.cloud_deadline_s, settings.cloud_n_best,
+            settings.cloud_target,
+            settings.cloud_api_key,
+            settings.cloud_deadline_s,
+            settings.cloud_n_best,
             self.breaker,
-        )  # fmt: skip
+            credentials=channel_credentials(settings),
+        )
         self.queue = EscalationQueue(settings.queue_path, settings.queue_max_items, settings.queue_max_age_s)
         self.retry = RetryWorker(
             self.queue, self.client, self._on_result, settings.retry_initial_s, settings.retry_max_s
@@ -109,6 +115,23 @@ class Escalator:
             return
         self._rec.metrics.corrections.inc()
         session.on_correction(item.utterance_id, result)
+
+
+def channel_credentials(settings: EdgeSettings) -> grpc.ChannelCredentials | None:
+    """TLS (and mutual TLS) credentials for the cloud channel, or None for plaintext."""
+    tls = (
+        settings.cloud_tls
+        or settings.cloud_ca_file is not None
+        or settings.cloud_client_cert_file is not None
+    )
+    if not tls:
+        return None
+    if (settings.cloud_client_cert_file is None) != (settings.cloud_client_key_file is None):
+        raise ValueError("mutual TLS needs both EDGE_CLOUD_CLIENT_CERT_FILE and EDGE_CLOUD_CLIENT_KEY_FILE")
+    root = settings.cloud_ca_file.read_bytes() if settings.cloud_ca_file else None
+    cert = settings.cloud_client_cert_file.read_bytes() if settings.cloud_client_cert_file else None
+    key = settings.cloud_client_key_file.read_bytes() if settings.cloud_client_key_file else None
+    return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
 
 
 def _kind(exc: CloudUnavailable) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import time
@@ -82,6 +83,9 @@ def create_app(settings: EdgeSettings | None = None, recognizer: Recognizer | No
     async def stream(ws: WebSocket) -> None:
         rec = state.get("rec")
         await ws.accept()
+        if not _token_ok(ws, settings):
+            await _refuse(ws, "unauthorized", "missing or invalid token", POLICY)
+            return
         if rec is None:
             await _refuse(ws, "loading", "the model is still loading", TRY_AGAIN)
             return
@@ -92,6 +96,17 @@ def create_app(settings: EdgeSettings | None = None, recognizer: Recognizer | No
         await StreamConnection(ws, rec, settings).run()
 
     return app
+
+
+def _token_ok(ws: WebSocket, settings: EdgeSettings) -> bool:
+    """The optional WebSocket token, from ``Authorization: Bearer`` or ``?token=`` (browsers cannot set
+    headers on WebSockets). Compared in constant time; never logged."""
+    if settings.ws_token is None:
+        return True
+    header = ws.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    offered = value.strip() if scheme.lower() == "bearer" else ws.query_params.get("token", "")
+    return hmac.compare_digest(offered.encode(), settings.ws_token.get_secret_value().encode())
 
 
 async def _refuse(ws: WebSocket, code: str, message: str, close_code: int) -> None:
