@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from cloud_server.model_store import ModelNotAvailableError
 from cloud_server.service import CloudServer
 from cloud_server.settings import CloudSettings
+from edge_agent.logs import configure as configure_logging
 
 log = logging.getLogger("cloud_server")
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="parallel inference workers (CLOUD_WORKERS, default 1)")
     p.add_argument("--max-queue", type=int, help="requests admitted at once before 503 (CLOUD_MAX_QUEUE)")
     p.add_argument("--language", help="default language code (CLOUD_LANGUAGE; unset = detect)")
+    p.add_argument("--log-format", choices=["text", "json"], help="text or json lines (CLOUD_LOG_FORMAT)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING... (CLOUD_LOG_LEVEL)")
     return p
 
@@ -64,9 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings(argv)
     except ValidationError as exc:
         sys.exit(f"cloud-server: invalid settings:\n{exc}")
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format, "cloud-server")
     try:
         asyncio.run(serve(settings))
     except ModelNotAvailableError as exc:

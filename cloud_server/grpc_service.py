@@ -102,6 +102,7 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
             result.audio_seconds,
             result.processing_seconds,
             len(result.hypotheses),
+            extra={"utterance_id": utterance_id, "method": method, "audio_s": round(result.audio_seconds, 3)},
         )
         return to_proto(result, utterance_id)
 

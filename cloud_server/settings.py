@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,3 +63,5 @@ class CloudSettings(BaseSettings):
     """Grace period for in-flight requests on shutdown."""
     log_level: str = "INFO"
     """Python logging level."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per line, with utterance ids that join edge and cloud lines."""

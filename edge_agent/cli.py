@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from edge_agent.logs import configure as configure_logging
 from edge_agent.settings import EdgeSettings
 
 log = logging.getLogger("edge_agent")
@@ -57,6 +58,7 @@ def _serve_parser() -> argparse.ArgumentParser:
         "--always-cloud", action="store_const", const=True, help="send every utterance to the cloud"
     )
     p.add_argument("--mic", action="store_true", help="transcribe the default microphone instead of serving")
+    p.add_argument("--log-format", choices=["text", "json"], help="text or json lines (EDGE_LOG_FORMAT)")
     p.add_argument("--log-level", help="DEBUG, INFO, ... (EDGE_LOG_LEVEL)")
     return p
 
@@ -126,9 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         settings, mic = load_settings(argv)
     except ValidationError as exc:
         sys.exit(f"edge-agent: invalid settings:\n{exc}")
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format, "edge-agent")
     if mic:
         from edge_agent.mic import run_mic
 

@@ -401,6 +401,12 @@ class Session:
             timing = "estimated"
         latency = time.monotonic() - speech_end_at
         self.rec.metrics.final_latency.observe(latency)
+        log.info(
+            "final utterance=%s source=%s escalated=%s reason=%s latency=%.0fms",
+            utt.id, source, escalate, reason.value if escalate and reason else "-", 1000 * latency,
+            extra={"utterance_id": utt.id, "session_id": self.id, "source": source, "escalated": escalate,
+                   "latency_ms": round(1000 * latency, 1), "cloud_pending": pending},
+        )  # fmt: skip
         self._emit(
             {
                 "type": "final",

@@ -96,7 +96,10 @@ class Escalator:
     ) -> None:
         self._rec.metrics.cloud_errors.labels(_kind(exc)).inc()
         if not exc.retryable:
-            log.warning("cloud refused utterance %s for good: %s", context.utterance_id, exc)
+            log.warning(
+                "cloud refused utterance %s for good: %s", context.utterance_id, exc,
+                extra={"utterance_id": context.utterance_id},
+            )  # fmt: skip
             return
         queued = speech_pb2.EdgeContext()
         queued.CopyFrom(context)
@@ -106,7 +109,10 @@ class Escalator:
             self.queue.put, context.utterance_id, session_id, pcm, queued.SerializeToString()
         )
         self.retry.wake()
-        log.info("cloud unavailable for %s (%s); queued for retry", context.utterance_id, exc)
+        log.info(
+            "cloud unavailable for %s (%s); queued for retry", context.utterance_id, exc,
+            extra={"utterance_id": context.utterance_id},
+        )  # fmt: skip
 
     async def _on_result(self, item: QueuedEscalation, result: CloudResult) -> None:
         session = self._rec.sessions.get(item.session_id)
