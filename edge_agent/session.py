@@ -7,6 +7,7 @@ Model work goes through the shared ``InferenceWorker``; the cloud through the sh
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -55,6 +56,8 @@ class DecodeOutcome:
     seconds: float
     encoded: Encoded | None = None
     """Encoder output, kept for an n-best search if the utterance escalates (single-piece audio)."""
+    audio: np.ndarray | None = None
+    """The utterance's 16 kHz audio, read when it ended (the ring may have moved on by escalation time)."""
 
 
 @dataclass
@@ -260,9 +263,10 @@ class Session:
         audio = self._ring.read_range(start, end)
         pilot = utt.pilot.ids if utt.pilot is not None else ()
         speech_ratio = self._speech_ratio(start, end)
-        return await self.rec.worker.run_final(
+        outcome = await self.rec.worker.run_final(
             lambda: self._final_job(audio, start, end, pilot, speech_ratio)
         )
+        return dataclasses.replace(outcome, audio=audio)
 
     def _final_job(
         self, audio: np.ndarray, start: int, end: int, pilot: tuple[int, ...], speech_ratio: float
@@ -318,6 +322,23 @@ class Session:
         end_reason: str,
         previous: asyncio.Task[None] | None,
     ) -> None:
+        try:
+            await self._complete_utterance(utt, decode, end, end_reason, previous)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Never drop an utterance silently: the client hears about it.
+            log.exception("finalizing %s failed", utt.id, extra={"utterance_id": utt.id})
+            self._emit(events.error("final_failed", f"could not finalize utterance {utt.id}"))
+
+    async def _complete_utterance(
+        self,
+        utt: Utterance,
+        decode: asyncio.Future[DecodeOutcome],
+        end: int,
+        end_reason: str,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
         endpoint_at = time.monotonic()
         speech_end_at = self._arrival_of(end)
         try:
@@ -362,7 +383,8 @@ class Session:
                 )
             context = self._context(utt.id, d, p_edge, reason, final=True, alternatives=alternatives)
             deadline = max(0.05, self.rec.settings.cloud_deadline_s - (time.monotonic() - endpoint_at))
-            pcm = _pcm16(self._ring.read_range(utt.start, end))
+            assert outcome.audio is not None
+            pcm = _pcm16(outcome.audio)
             if utt.early is not None:
                 cloud = await self.rec.escalator.finish_early(utt.early, self.id, context, pcm, deadline)
             else:

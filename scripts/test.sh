@@ -3,13 +3,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
-# Synthetic test speech comes from Debian's TTS voices.
-if ! command -v flite >/dev/null || ! command -v espeak-ng >/dev/null; then
+# Debian tools the tests use: TTS voices for synthetic speech, docker-compose (1.29) to validate
+# docker-compose.yml offline, systemd-analyze to verify the unit file.
+debs="flite espeak-ng docker-compose systemd"
+tools="flite espeak-ng docker-compose systemd-analyze"
+missing=0
+for tool in $tools; do command -v "$tool" >/dev/null || missing=1; done
+if [ "$missing" -eq 1 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite espeak-ng >/dev/null
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $debs >/dev/null
     else
-        echo "install flite and espeak-ng (sudo apt-get install flite espeak-ng) and rerun" >&2
+        echo "install the Debian packages: sudo apt-get install $debs; then rerun" >&2
         exit 1
     fi
 fi

@@ -1,0 +1,139 @@
+"""scripts/build_bench_sets.py: the --small build is well formed, deterministic, and its sentences are new.
+
+No model: this checks the data, not how well anything recognizes it (see the script's docstring for that).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_script() -> ModuleType:
+    # scripts/ is not a package; load the file under its own name so nothing else on sys.path shadows it.
+    spec = importlib.util.spec_from_file_location(
+        "build_bench_sets", ROOT / "scripts" / "build_bench_sets.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_script()
+ENGINES = {"hibari", "piper", "flite", "espeak"}
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The --small build, twice into separate directories (the pocketsphinx sdist download is shared)."""
+    first, second = tmp_path_factory.mktemp("first"), tmp_path_factory.mktemp("second")
+    bench.build(first, small=True)
+    bench.build(second, small=True)
+    return first, second
+
+
+def _rows(directory: Path) -> list[dict[str, Any]]:
+    lines = (directory / "manifest.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.parametrize("name", bench.SETS)
+def test_manifests_are_well_formed(builds: tuple[Path, Path], name: str) -> None:
+    target = builds[0] / name
+    rows = _rows(target)
+    assert rows
+    for row in rows:
+        assert {"audio_filepath", "text", "duration", "kind", "voice"} <= row.keys()
+        assert isinstance(row["text"], str) and row["text"].strip()
+        assert isinstance(row["voice"], str) and row["voice"]
+        path = target / str(row["audio_filepath"])
+        assert not Path(str(row["audio_filepath"])).is_absolute() and path.is_file()
+        info = sf.info(path)
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        assert abs(info.frames / 16000 - float(row["duration"])) <= 0.010
+
+
+def test_kinds_are_as_documented(builds: tuple[Path, Path]) -> None:
+    out = builds[0]
+    assert {r["kind"] for r in _rows(out / "real")} == {"real"}
+    tts = _rows(out / "tts")
+    assert len(tts) == 8
+    assert {str(r["kind"]).removeprefix("tts-") for r in tts} <= ENGINES
+    assert all(str(r["kind"]).startswith("tts-") for r in tts)
+    # Stride 8 over the sentences with 7 voices: the small set still hears every voice that works here.
+    built_with = json.loads((out / "tts" / "build.json").read_text())["voices"]
+    assert {r["voice"] for r in tts} == {v.split("/", 1)[1] for v in built_with}
+    noisy = _rows(out / "noisy")
+    assert {r["kind"] for r in noisy} == set(bench.SMALL.noisy_conditions) <= set(bench.NOISY_CONDITIONS)
+    tts_texts = {r["text"] for r in tts}
+    assert all(r["text"] in tts_texts and (out / "noisy" / str(r["source"])).is_file() for r in noisy)
+    (long,) = _rows(out / "long")
+    assert long["kind"] == "long"
+
+
+def test_clean_tts_clips_pass_the_sanity_checks(builds: tuple[Path, Path]) -> None:
+    target = builds[0] / "tts"
+    for row in _rows(target):
+        audio, _ = sf.read(target / str(row["audio_filepath"]), dtype="float32")
+        assert bench.clip_problems(audio) == [], row
+
+
+def test_long_file_is_about_forty_seconds_with_a_joined_transcript(builds: tuple[Path, Path]) -> None:
+    (long,) = _rows(builds[0] / "long")
+    low, high = bench.SMALL.long_seconds
+    assert low <= float(long["duration"]) <= high + 1.0
+    segments = long["segments"]
+    assert isinstance(segments, list)
+    assert long["text"] == " ".join(s["text"] for s in segments)
+    sources = {r["text"] for name in ("real", "tts") for r in _rows(builds[0] / name)}
+    assert {s["text"] for s in segments} <= sources
+    assert {s["text"] for s in segments} & {r["text"] for r in _rows(builds[0] / "real")}, "no real speech"
+    assert {s["text"] for s in segments} & {r["text"] for r in _rows(builds[0] / "tts")}, (
+        "no synthetic speech"
+    )
+    ends = [0.0] + [x for s in segments for x in (s["start"], s["end"])]
+    assert ends == sorted(ends) and ends[-1] <= float(long["duration"])
+    gaps = np.diff(ends)[0::2]  # the pause before each segment
+    assert all(0.4 - 0.01 <= g <= 1.5 + 0.01 for g in gaps)
+
+
+@pytest.mark.parametrize("name", bench.SETS)
+def test_build_is_deterministic(builds: tuple[Path, Path], name: str) -> None:
+    first, second = (b / name for b in builds)
+    assert (first / "manifest.jsonl").read_bytes() == (second / "manifest.jsonl").read_bytes()
+    for row in _rows(first):
+        wav = str(row["audio_filepath"])
+        assert (first / wav).read_bytes() == (second / wav).read_bytes(), wav
+
+
+def test_cached_sets_are_left_alone_and_a_different_recipe_is_refused(builds: tuple[Path, Path]) -> None:
+    manifest = builds[0] / "tts" / "manifest.jsonl"
+    before = manifest.stat().st_mtime_ns
+    bench.build(builds[0], ["tts"], small=True)
+    assert manifest.stat().st_mtime_ns == before
+    # A full build over a small one would silently mix the two; it must say so instead.
+    with pytest.raises(SystemExit, match="--force"):
+        bench.build(builds[0], ["tts"], small=False)
+
+
+def test_sentences_are_new() -> None:
+    bench.check_sentences()  # raises on a repeat or a near repeat
+    reserved = {bench._norm_sentence(s) for s in bench.reserved_sentences()}
+    ours = [bench._norm_sentence(s) for s in bench.SENTENCES]
+    assert len(reserved) > 50 and len(ours) >= 60
+    assert not reserved & set(ours)
+    assert len(set(ours)) == len(ours)
+    with pytest.raises(SystemExit, match="repeats"):
+        bench.check_sentences([*bench.SENTENCES, "Turn the kitchen lights down to 30 percent!"])
