@@ -210,6 +210,9 @@ def create_grpc_server(
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", 16 << 20),
+            # Close connections now and then so clients re-resolve DNS and reach replicas added by scaling.
+            ("grpc.max_connection_age_ms", 300_000),
+            ("grpc.max_connection_age_grace_ms", 30_000),
         ],
     )
     speech_pb2_grpc.add_CloudRecognizerServicer_to_server(CloudRecognizerService(runtime), server)
