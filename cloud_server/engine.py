@@ -1,4 +1,5 @@
-"""Whisper inference with faster-whisper: n-best recognition of utterances and timed transcripts.
+"""Whisper inference with faster-whisper: n-best recognition of utterances, timed transcripts, and
+teacher-forced scoring of candidate texts (the second pass).
 
 One ``WhisperEngine`` is shared by every request (it holds no per-request state);
 calls are blocking and run on the inference pool's threads.
@@ -7,15 +8,19 @@ calls are blocking and run on the inference pool's threads.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import math
 import re
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import ctranslate2
 import numpy as np
+import tokenizers
 from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
@@ -43,6 +48,14 @@ _LOGPROB_THRESHOLD = -1.0
 _PUNCTUATION = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
 _PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 _APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+# Candidates scored in one generate() call: the decoder's cross-attention keys and values over the
+# 1500 encoder frames are computed per batch row, so wide batches only add memory (measured: 4 rows
+# cost ~0.08 s each on 2 threads, 8 rows cost more per row than single calls).
+_SCORE_BATCH = 4
+_WINDOW_SAMPLES = 30 * SAMPLE_RATE
+# The second pass ranks the cloud's 3 best with the edge's list, as scripts/eval_second_pass.py fitted it.
+SECOND_PASS_CLOUD_N_BEST = 3
+SECOND_PASS_MAX_EDGE = 8
 
 
 class RequestCancelledError(Exception):
@@ -58,6 +71,111 @@ class _WindowHypothesis:
     words: tuple[Word, ...]
 
 
+@dataclass(frozen=True)
+class TextScore:
+    """How likely Whisper finds one candidate text for an utterance (teacher-forced)."""
+
+    text: str
+    sum_logprob: float
+    """log P(text tokens, then end-of-text | audio, prompt): the end-of-text token is scored, so a
+    candidate that stops early pays for it."""
+    avg_logprob: float
+    """``sum_logprob / (len(tokens) + 1)``: the same normalisation as ``Hypothesis.avg_logprob``."""
+    tokens: tuple[int, ...]
+    """The text's Whisper tokens (without special tokens)."""
+
+
+@dataclass(frozen=True)
+class EdgeCandidate:
+    """One hypothesis of the edge's n-best, as the EdgeContext carries it."""
+
+    text: str
+    log_prob: float
+    """Summed token log-probability under the edge model."""
+
+
+@dataclass(frozen=True)
+class CandidateFeatures:
+    """What the second pass knows about one candidate text."""
+
+    text: str
+    whisper: float
+    """Whisper's teacher-forced ``avg_logprob`` of the text."""
+    edge: float | None
+    """The edge's log-prob per Whisper token (``log_prob / (tokens + 1)``) when the edge listed the text."""
+    both: bool
+    """Both lists hold the text (up to casing and punctuation)."""
+    edge_best: bool
+    cloud_best: bool
+
+
+@dataclass(frozen=True)
+class SecondPassWeights:
+    """Weights of the second pass's combined score (fitted by ``scripts/eval_second_pass.py``)."""
+
+    whisper: float = 1.0
+    edge: float = 0.0
+    edge_default: float = 0.0
+    """Stands in for the edge feature of a text the edge did not list."""
+    both: float = 0.0
+    edge_best: float = 0.0
+    cloud_best: float = 0.0
+    model: str | None = None
+    """The cloud model the weights were fitted with (they are not tuned for another)."""
+
+    VERSION = 1
+
+    @classmethod
+    def load(cls, path: Path) -> SecondPassWeights:
+        """Read a weights file: ``{"version": 1, "model": ..., "weights": {...}}``; other keys document
+        the fit."""
+        document = json.loads(path.read_text())
+        if document.get("version") != cls.VERSION:
+            raise ValueError(f"{path}: unsupported second-pass weights version {document.get('version')!r}")
+        weights = {name: float(value) for name, value in document["weights"].items()}
+        return cls(**weights, model=document.get("model"))
+
+    def combine(self, f: CandidateFeatures) -> float:
+        edge = self.edge_default if f.edge is None else f.edge
+        return (
+            self.whisper * f.whisper
+            + self.edge * edge
+            + self.both * f.both
+            + self.edge_best * f.edge_best
+            + self.cloud_best * f.cloud_best
+        )
+
+
+def candidate_features(
+    cloud_texts: Sequence[str], edge: Sequence[EdgeCandidate], scores: Mapping[str, TextScore]
+) -> list[CandidateFeatures]:
+    """The distinct candidate texts, the cloud's first (so ties go to the cloud's order), with features.
+
+    ``scores`` maps every text of both lists to its Whisper score. Lists are matched on
+    ``dedupe_key`` (casing and punctuation do not count); each distinct exact text is a candidate.
+    """
+    edge_keys = [dedupe_key(h.text) for h in edge]
+    cloud_keys = [dedupe_key(t) for t in cloud_texts]
+    edge_per_token: dict[str, float] = {}
+    for h, key in zip(edge, edge_keys, strict=True):
+        value = h.log_prob / (len(scores[h.text].tokens) + 1)
+        edge_per_token[key] = max(value, edge_per_token.get(key, -math.inf))
+    out = []
+    for text in dict.fromkeys([*cloud_texts, *(h.text for h in edge)]):
+        key = dedupe_key(text)
+        out.append(
+            CandidateFeatures(
+                text=text,
+                whisper=scores[text].avg_logprob,
+                edge=edge_per_token.get(key),
+                both=key in edge_per_token and key in cloud_keys,
+                edge_best=bool(edge_keys) and key == edge_keys[0],
+                cloud_best=bool(cloud_keys) and key == cloud_keys[0],
+            )
+        )
+    return out
+
+
 class WhisperEngine:
     """A loaded Whisper model plus the decoding recipes the servers use."""
 
@@ -71,8 +189,14 @@ class WhisperEngine:
             num_workers=workers,
             local_files_only=True,
         )
+        self._model.hf_tokenizer = _repair_tokenizer(self._model.hf_tokenizer)
         self.multilingual: bool = bool(self._model.model.is_multilingual)
         self.languages: tuple[str, ...] = tuple(self._model.supported_languages)
+        config = json.loads((location.path / "config.json").read_text())
+        # The ids generate() masks: suppress_tokens=[-1] means config["suppress_ids"] at every step,
+        # suppress_blank means config["suppress_ids_begin"] (blank, end-of-text) at the first step.
+        self._suppress_ids = np.asarray(config.get("suppress_ids", []), dtype=np.int64)
+        self._suppress_ids_begin = np.asarray(config.get("suppress_ids_begin", []), dtype=np.int64)
 
     # -- n-best recognition (gRPC) -------------------------------------------------------
 
@@ -136,9 +260,24 @@ class WhisperEngine:
         options: RecognizeOptions,
         cancelled: threading.Event,
     ) -> list[_WindowHypothesis]:
+        encoder_output, num_frames = self._encode(audio)
+        return self._decode_encoded(encoder_output, num_frames, offset, tokenizer, options, cancelled)
+
+    def _encode(self, audio: np.ndarray) -> tuple[ctranslate2.StorageView, int]:
+        """Encoder output of one (padded) 30 s window, and the number of frames holding audio."""
         features = self._model.feature_extractor(audio)
         num_frames = min(features.shape[-1], self._model.feature_extractor.nb_max_frames)
-        encoder_output = self._model.encode(pad_or_trim(features))
+        return self._model.encode(pad_or_trim(features)), num_frames
+
+    def _decode_encoded(
+        self,
+        encoder_output: ctranslate2.StorageView,
+        num_frames: int,
+        offset: float,
+        tokenizer: Tokenizer,
+        options: RecognizeOptions,
+        cancelled: threading.Event,
+    ) -> list[_WindowHypothesis]:
         previous = tokenizer.encode(" " + options.prompt.strip()) if options.prompt else []
         prompt = self._model.get_prompt(tokenizer, previous, without_timestamps=True)
         n_best = max(1, options.n_best)
@@ -165,7 +304,7 @@ class WhisperEngine:
             avg_logprob = float(score) * len(text_tokens) / (len(text_tokens) + 1)
             if no_speech > _NO_SPEECH_THRESHOLD and avg_logprob < _LOGPROB_THRESHOLD:
                 text, text_tokens = "", []
-            key = _dedupe_key(text)
+            key = dedupe_key(text)
             if key in seen:
                 continue
             seen.add(key)
@@ -192,6 +331,179 @@ class WhisperEngine:
             )
             for w in alignment
             if w["word"]
+        )
+
+    # -- second pass: scoring candidate texts ------------------------------------------------
+
+    def score(self, audio: np.ndarray, texts: Sequence[str], language: str = "en") -> list[TextScore]:
+        """Teacher-forced log-likelihood of each candidate text under Whisper given the audio.
+
+        One encoder pass; then each candidate is forced token by token as the decoder's prefix
+        (``generate`` with the text after ``<|notimestamps|>``), and the returned per-step logits
+        are turned into log-probabilities under exactly the distribution ``recognize()`` decodes
+        from: the model config's suppressed ids masked at every step, blank and end-of-text at the
+        first. Whisper's own hypothesis therefore scores what ``generate`` reported for it. A token
+        the mask would forbid (a suppressed symbol in an edge text) is unmasked for that candidate
+        rather than scored as impossible; an empty candidate is scored as end-of-text at the first
+        step without the blank mask.
+
+        Only one 30 s window is supported (utterances): longer audio raises ``ValueError``.
+        Results are in the order of ``texts``.
+        """
+        if len(audio) > _WINDOW_SAMPLES:
+            raise ValueError(
+                f"score() takes at most 30 s of audio, got {len(audio) / SAMPLE_RATE:.1f} s; "
+                "split the utterance first"
+            )
+        tokenizer = self._tokenizer(language)
+        token_lists = [self._tokens(tokenizer, text) for text in texts]
+        limit = self._max_scored_tokens
+        for text, tokens in zip(texts, token_lists, strict=True):
+            if len(tokens) > limit:
+                raise ValueError(f"candidate of {len(tokens)} tokens is above the limit of {limit}: {text!r}")
+        if not texts:
+            return []
+        encoder_output, _ = self._encode(audio)
+        return self._score_encoded(encoder_output, tokenizer, texts, token_lists)
+
+    @property
+    def _max_scored_tokens(self) -> int:
+        # generate() decodes at most max_length // 2 steps: the text's tokens and end-of-text.
+        return int(self._model.max_length) // 2 - 1
+
+    def _tokenizer(self, language: str | None) -> Tokenizer:
+        language = (language or "en") if self.multilingual else "en"
+        return Tokenizer(self._model.hf_tokenizer, self.multilingual, task="transcribe", language=language)
+
+    @staticmethod
+    def _tokens(tokenizer: Tokenizer, text: str) -> tuple[int, ...]:
+        # Whisper writes a space before the first word of a transcript.
+        return tuple(tokenizer.encode(" " + text.strip())) if text.strip() else ()
+
+    def _score_encoded(
+        self,
+        encoder_output: ctranslate2.StorageView,
+        tokenizer: Tokenizer,
+        texts: Sequence[str],
+        token_lists: Sequence[tuple[int, ...]],
+    ) -> list[TextScore]:
+        prompt = self._model.get_prompt(tokenizer, [], without_timestamps=True)
+        encoded = np.asarray(encoder_output)
+        sums: dict[tuple[int, ...], float] = {}
+        distinct = sorted(set(token_lists), key=len)
+        for start in range(0, len(distinct), _SCORE_BATCH):
+            batch = distinct[start : start + _SCORE_BATCH]
+            steps = self._forced_logits(encoded, prompt, batch)
+            for tokens, logits in zip(batch, steps, strict=True):
+                sums[tokens] = self._sum_logprob(tokens, logits, tokenizer.eot)
+        return [
+            TextScore(text, sums[tokens], sums[tokens] / (len(tokens) + 1), tokens)
+            for text, tokens in zip(texts, token_lists, strict=True)
+        ]
+
+    def _forced_logits(
+        self, encoded: np.ndarray, prompt: list[int], batch: Sequence[tuple[int, ...]]
+    ) -> list[np.ndarray]:
+        """Raw next-token logits ``[len(tokens) + 1, vocab]`` for each forced token sequence."""
+        longest = max(len(tokens) for tokens in batch)
+        # generate() decodes at most min(max_length // 2, max_length - len(prompt) + 1) steps,
+        # counting the forced ones: stop right after the step that predicts end-of-text.
+        steps = longest + 1
+        max_length = max(2 * steps, steps + len(prompt) - 1)
+        features = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.repeat(encoded, len(batch), 0)))
+        results = self._model.model.generate(
+            features,
+            [prompt + list(tokens) for tokens in batch],
+            beam_size=1,
+            max_length=max_length,
+            return_logits_vocab=True,
+            suppress_blank=False,
+            suppress_tokens=[],
+        )
+        out = []
+        for tokens, result in zip(batch, results, strict=True):
+            rows = result.logits[0][: len(tokens) + 1]
+            if len(rows) != len(tokens) + 1 or list(result.sequences_ids[0][: len(tokens)]) != list(tokens):
+                raise RuntimeError("generate() did not follow the forced prefix")  # a CTranslate2 change
+            out.append(np.stack([np.asarray(row, dtype=np.float32).reshape(-1) for row in rows]))
+        return out
+
+    def _sum_logprob(self, tokens: tuple[int, ...], logits: np.ndarray, eot: int) -> float:
+        targets = np.asarray((*tokens, eot), dtype=np.int64)
+        logits = logits.astype(np.float64)
+        masked = np.setdiff1d(self._suppress_ids, targets)
+        logits[:, masked] = -np.inf
+        if tokens:  # an empty candidate is end-of-text at step 0: the blank mask would forbid it
+            logits[0, np.setdiff1d(self._suppress_ids_begin, targets[:1])] = -np.inf
+        peak = logits.max(axis=1, keepdims=True)
+        log_norm = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+        picked = logits[np.arange(len(targets)), targets]
+        return float((picked - log_norm).sum())
+
+    def recognize_with_edge(
+        self,
+        audio: np.ndarray,
+        options: RecognizeOptions,
+        edge: Sequence[EdgeCandidate],
+        weights: SecondPassWeights,
+        cancelled: threading.Event | None = None,
+    ) -> Recognition:
+        """The second pass: the cloud's 3 best and the edge's n-best, ranked by ``weights`` over
+        Whisper's teacher-forced scores (one encoder pass for decoding, scoring and word times).
+
+        Each hypothesis reports Whisper's own view of its text: ``avg_logprob`` is the text's
+        teacher-forced score and ``confidence`` is ``confidence_of(avg_logprob, no_speech_prob)``
+        (what a cloud hypothesis always meant), so an edge text the ranking put first is not made
+        to look more certain than Whisper finds it; the order is the combined score's, and the
+        confidences need not decrease along it. Without edge hypotheses, or for audio over 30 s
+        (several windows), this is plain ``recognize()``. Edge texts beyond the first
+        ``SECOND_PASS_MAX_EDGE`` or too long to score are ignored.
+        """
+        if not edge or len(audio) > _WINDOW_SAMPLES:
+            return self.recognize(audio, options, cancelled)
+        started = time.perf_counter()
+        cancelled = cancelled or threading.Event()
+        language, language_probability = self._language(audio, [(0, len(audio))], options.language)
+        tokenizer = self._tokenizer(language)
+        encoder_output, num_frames = self._encode(audio)
+        wide = replace(options, n_best=max(options.n_best, SECOND_PASS_CLOUD_N_BEST), word_timestamps=False)
+        cloud = self._decode_encoded(encoder_output, num_frames, 0.0, tokenizer, wide, cancelled)
+        _check(cancelled)
+        tokens = {h.text: self._tokens(tokenizer, h.text) for h in edge[:SECOND_PASS_MAX_EDGE]}
+        usable = [h for h in edge[:SECOND_PASS_MAX_EDGE] if len(tokens[h.text]) <= self._max_scored_tokens]
+        texts = list(dict.fromkeys([*(h.text for h in cloud), *(h.text for h in usable)]))
+        # Every candidate is scored, the cloud's too: the canonical tokens of its text, teacher-forced
+        # (as the weights were fitted; int8 beam search's own scores are ~1e-2 per token off).
+        token_lists = [tokens.get(t) or self._tokens(tokenizer, t) for t in texts]
+        scores = dict(
+            zip(texts, self._score_encoded(encoder_output, tokenizer, texts, token_lists), strict=True)
+        )
+        features = candidate_features([h.text for h in cloud], usable, scores)
+        ranked = sorted(features, key=weights.combine, reverse=True)  # stable: ties keep the cloud first
+        no_speech = cloud[0].no_speech_prob if cloud else 0.0
+        hypotheses: list[Hypothesis] = []
+        seen: set[str] = set()
+        for f in ranked:
+            key = dedupe_key(f.text)
+            if key in seen:
+                continue
+            seen.add(key)
+            words: tuple[Word, ...] = ()
+            if options.word_timestamps and scores[f.text].tokens:
+                _check(cancelled)
+                words = self._align(tokenizer, list(scores[f.text].tokens), encoder_output, num_frames, 0.0)
+            hypotheses.append(
+                Hypothesis(f.text, confidence_of(f.whisper, no_speech), f.whisper, no_speech, words)
+            )
+            if len(hypotheses) == max(1, options.n_best):
+                break
+        return Recognition(
+            hypotheses=tuple(hypotheses),
+            language=language,
+            language_probability=language_probability,
+            audio_seconds=len(audio) / SAMPLE_RATE,
+            model=self.name,
+            processing_seconds=time.perf_counter() - started,
         )
 
     # -- timed transcripts (REST) ------------------------------------------------------
@@ -251,7 +563,28 @@ class WhisperEngine:
         )
 
 
-def _dedupe_key(text: str) -> str:
+def _repair_tokenizer(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    """Restore the BPE merge ``Ġ t`` when a tokenizer.json lost it.
+
+    The bundled base model's tokenizer.json has 49,999 merges: the first one of Whisper's list
+    (``Ġ t``, which makes token 256 ``Ġt``) is missing, so " the" encodes as ``Ġ`` + ``the`` instead
+    of ``Ġthe`` and encoding a text does not give back the tokens Whisper generates for it (prompts
+    and the second pass's scores were off). Decoding is unaffected. A sound tokenizer is returned as is.
+    """
+    spec = json.loads(tokenizer.to_str())
+    model = spec.get("model", {})
+    merges = model.get("merges")
+    if model.get("type") != "BPE" or "Ġt" not in model.get("vocab", {}) or not merges:
+        return tokenizer
+    as_pairs = isinstance(merges[0], list)
+    if any((m if as_pairs else m.split(" ")) == ["Ġ", "t"] for m in merges):
+        return tokenizer
+    merges.insert(0, ["Ġ", "t"] if as_pairs else "Ġ t")
+    log.info("tokenizer.json lacks the BPE merge 'Ġ t': restored it")
+    return tokenizers.Tokenizer.from_str(json.dumps(spec))
+
+
+def dedupe_key(text: str) -> str:
     """Hypotheses that differ only in casing or punctuation count as one (the better-scored is kept)."""
     return " ".join(_PUNCTUATION.sub(" ", text.casefold()).split())
 
@@ -289,8 +622,8 @@ def _combine(per_window: Sequence[tuple[float, list[_WindowHypothesis]]], n_best
         neg, index = heapq.heappop(heap)
         parts = [hyps[i] for (_, hyps), i in zip(lists, index, strict=True)]
         text = " ".join(p.text for p in parts if p.text).strip()
-        if _dedupe_key(text) not in seen_texts:
-            seen_texts.add(_dedupe_key(text))
+        if dedupe_key(text) not in seen_texts:
+            seen_texts.add(dedupe_key(text))
             no_speech = sum(w * p.no_speech_prob for (w, _), p in zip(lists, parts, strict=True)) / total
             out.append(
                 Hypothesis(

@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cloud_server.audio import InvalidAudioError, check_duration, pcm16_to_float
 from cloud_server.auth import bearer_ok
-from cloud_server.engine import RequestCancelledError
+from cloud_server.engine import EdgeCandidate, RequestCancelledError
 from cloud_server.pool import OverloadedError
 from cloud_server.results import Recognition, RecognizeOptions
 from cloud_server.runtime import CloudRuntime, ModelNotReadyError
@@ -74,13 +74,16 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
         method: str,
         config: speech_pb2.RecognitionConfig,
         audio_bytes: bytes,
-        utterance_id: str,
+        edge_context: speech_pb2.EdgeContext,
     ) -> speech_pb2.RecognizeResponse:
         counter = self._runtime.metrics.requests
+        utterance_id = edge_context.utterance_id
+        # The edge's hypotheses join the cloud's in the second pass (when the settings turn it on).
+        edge = [EdgeCandidate(h.text, h.log_prob) for h in edge_context.n_best]
         try:
             options = self._options(config)
             audio = pcm16_to_float(audio_bytes, config.sample_rate_hz, self._runtime.settings.max_audio_s)
-            result = await self._runtime.recognize(audio, options)
+            result = await self._runtime.recognize(audio, options, edge)
         except InvalidAudioError as exc:
             counter.labels("grpc", method, "INVALID_ARGUMENT").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -109,9 +112,7 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
     async def Recognize(
         self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> speech_pb2.RecognizeResponse:
-        return await self._run(
-            context, "Recognize", request.config, request.audio, request.context.utterance_id
-        )
+        return await self._run(context, "Recognize", request.config, request.audio, request.context)
 
     async def StreamingRecognize(
         self,
@@ -150,9 +151,7 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
         if config is None:
             await self._invalid(context, "empty stream: send streaming_config, then audio")
             return
-        response = await self._run(
-            context, "StreamingRecognize", config, b"".join(chunks), edge_context.utterance_id
-        )
+        response = await self._run(context, "StreamingRecognize", config, b"".join(chunks), edge_context)
         yield speech_pb2.StreamingRecognizeResponse(result=response)
 
     async def _invalid(self, context: grpc.aio.ServicerContext[Any, Any], message: str) -> None:

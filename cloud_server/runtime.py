@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
-from cloud_server.engine import WhisperEngine
+from cloud_server.engine import EdgeCandidate, SecondPassWeights, WhisperEngine
 from cloud_server.metrics import CloudMetrics
 from cloud_server.model_store import ModelLocation, resolve_model
 from cloud_server.pool import InferencePool
@@ -31,6 +32,10 @@ class CloudRuntime:
         self.metrics = CloudMetrics(lambda: float(self.pool.pending))
         self.location: ModelLocation | None = None
         self._engine: WhisperEngine | None = None
+        # Read at construction so a missing or malformed weights file stops the server at start.
+        self.second_pass: SecondPassWeights | None = (
+            SecondPassWeights.load(settings.second_pass_weights) if settings.second_pass else None
+        )
 
     @property
     def ready(self) -> bool:
@@ -69,6 +74,11 @@ class CloudRuntime:
     async def start(self) -> None:
         """Load the model off the event loop; ``ready`` turns true when done."""
         engine = await asyncio.to_thread(self.load)
+        weights = self.second_pass
+        if weights is not None and weights.model not in (None, engine.name):
+            log.warning(
+                "the second pass's weights were fitted with model %s, not %s", weights.model, engine.name
+            )
         self._engine = engine
         self.metrics.model_loaded.set(1)
 
@@ -77,9 +87,18 @@ class CloudRuntime:
             raise ModelNotReadyError("the model is still loading")
         return self._engine
 
-    async def recognize(self, audio: np.ndarray, options: RecognizeOptions) -> Recognition:
+    async def recognize(
+        self, audio: np.ndarray, options: RecognizeOptions, edge: Sequence[EdgeCandidate] = ()
+    ) -> Recognition:
+        """The cloud's n-best; with the edge's hypotheses and the second pass on, the merged ranking."""
         engine = self._require()
-        result = await self.pool.run(lambda cancel: engine.recognize(audio, options, cancel))
+        weights = self.second_pass
+        if edge and weights is not None:
+            result = await self.pool.run(
+                lambda cancel: engine.recognize_with_edge(audio, options, edge, weights, cancel)
+            )
+        else:
+            result = await self.pool.run(lambda cancel: engine.recognize(audio, options, cancel))
         self._observe("recognize", result.processing_seconds, result.audio_seconds)
         return result
 
