@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,26 +19,7 @@ import httpx
 
 from cloud_server.audio import decode_file
 from protos import speech_pb2, speech_pb2_grpc
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"cloud-server exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"cloud-server was not ready after {timeout:.0f} s")
+from speech_bench.services import free_port, wait_ready
 
 
 def main() -> None:
@@ -49,7 +29,7 @@ def main() -> None:
     parser.add_argument("--model", default=os.environ.get("CLOUD_MODEL", "base"))
     args = parser.parse_args()
     audio_path = Path(args.audio)
-    rest_port, grpc_port = _free_port(), _free_port()
+    rest_port, grpc_port = free_port(), free_port()
     server = [
         str(Path(sys.executable).parent / "cloud-server"),
         *("--host", "127.0.0.1", "--port", str(rest_port)),
@@ -59,7 +39,7 @@ def main() -> None:
     proc = subprocess.Popen(server)
     url = f"http://127.0.0.1:{rest_port}"
     try:
-        cold = _wait_ready(url, proc, timeout=300)
+        cold = wait_ready(f"{url}/ready", proc, timeout=300)
         print(f"\nready in {cold:.1f} s (REST {url}, gRPC 127.0.0.1:{grpc_port})\n")
 
         t = time.perf_counter()

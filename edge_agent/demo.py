@@ -9,37 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
 
-import httpx
-
 from edge_agent.stream_client import stream_file
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes], name: str, timeout: float = 300) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"{name} exited with code {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{name} was not ready after {timeout:.0f} s")
+from speech_bench.services import start_cloud, start_edge
 
 
 def main() -> None:
@@ -48,43 +24,32 @@ def main() -> None:
     parser.add_argument("audio", nargs="?", default=str(sample), help="audio file (default: bundled sample)")
     parser.add_argument("--speed", type=float, default=1.0, help="1 = real time")
     args = parser.parse_args()
-    bin_dir = Path(sys.executable).parent
-    rest, grpc_port, edge_port = _free_port(), _free_port(), _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLOUD_LOG_LEVEL": "WARNING", "EDGE_LOG_LEVEL": "WARNING"}
-    cloud = subprocess.Popen(
-        [str(bin_dir / "cloud-server"), "--host", "127.0.0.1", "--port", str(rest),
-         "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port)],
-        env=env,
-    )  # fmt: skip
-    queue = Path(
-        os.environ.get("EDGE_QUEUE_PATH", Path.home() / ".cache" / "edge-cloud-asr" / "demo-queue.sqlite3")
-    )
-    edge = subprocess.Popen(
-        [str(bin_dir / "edge-agent"), "--host", "127.0.0.1", "--port", str(edge_port),
-         "--cloud-target", f"127.0.0.1:{grpc_port}", "--queue-path", str(queue)],
-        env=env,
-    )  # fmt: skip
-    try:
-        cloud_s = _wait(f"http://127.0.0.1:{rest}/ready", cloud, "cloud-server")
-        edge_s = _wait(f"http://127.0.0.1:{edge_port}/health", edge, "edge-agent")
-        print(f"cloud-server ready in {cloud_s:.1f} s (gRPC 127.0.0.1:{grpc_port}); "
-              f"edge-agent ready in {edge_s:.1f} s (ws://127.0.0.1:{edge_port}/v1/stream)\n")  # fmt: skip
-        print(f"streaming {args.audio} at {args.speed:g}x real time:\n")
-        events = asyncio.run(
-            stream_file(f"ws://127.0.0.1:{edge_port}/v1/stream", Path(args.audio), args.speed)
-        )
-        finals = [e for e in events if e["type"] == "final"]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory(prefix="edge-demo-") as tmp:
+        logs = Path(tmp)
+        started = time.monotonic()
+        cloud = start_cloud("base", 2, logs / "cloud.log")
+        try:
+            cloud_s = time.monotonic() - started
+            edge = start_edge([], cloud.extra["grpc"], logs / "queue.sqlite3", logs / "edge.log")
+            try:
+                url = edge.url.replace("http://", "ws://") + "/v1/stream"
+                edge_s = time.monotonic() - started - cloud_s
+                print(f"cloud-server ready in {cloud_s:.1f} s (gRPC {cloud.extra['grpc']}, REST {cloud.url})")
+                print(f"edge-agent ready in {edge_s:.1f} s ({url})\n")
+                print(f"streaming {args.audio} at {args.speed:g}x real time:\n")
+                events = asyncio.run(stream_file(url, Path(args.audio), args.speed))
+            finally:
+                edge.stop()
+        finally:
+            cloud.stop()
+    finals = [e for e in events if e["type"] == "final"]
+    if finals:
         escalated = sum(1 for e in finals if e["escalated"])
         latencies = sorted(e["latency_ms"] for e in finals)
-        if finals:
-            median = latencies[len(latencies) // 2]
-            print(f"\n{len(finals)} finals, {escalated} escalated to the cloud; "
-                  f"final latency after end of speech: median {median:.0f} ms")  # fmt: skip
-    finally:
-        for proc in (edge, cloud):
-            proc.send_signal(signal.SIGTERM)
-        for proc in (edge, cloud):
-            proc.wait(30)
+        median = latencies[len(latencies) // 2]
+        print(f"\n{len(finals)} finals, {escalated} escalated to the cloud; "
+              f"final latency after end of speech: median {median:.0f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

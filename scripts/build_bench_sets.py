@@ -678,6 +678,29 @@ def build(
     return {name: read_manifest(out / name) for name in order}
 
 
+def write_eval_subset(out: Path) -> Path | None:
+    """``eval-subset.jsonl``: every real clip, every third TTS clip, and one noise condition per noisy
+    source clip (rotating through the conditions): a stratified set small enough to stream in real time.
+    Paths are relative to ``out``."""
+    if not all((out / name / "manifest.jsonl").exists() for name in ("real", "tts", "noisy")):
+        return None
+    rows: list[Row] = []
+    # Noisy rows come in runs of one per condition for each source clip.
+    conditions = len({str(r["kind"]) for r in read_manifest(out / "noisy")})
+    for name in ("real", "tts", "noisy"):
+        for i, row in enumerate(read_manifest(out / name)):
+            keep = {
+                "real": True,
+                "tts": i % 3 == 0,
+                "noisy": i % conditions == (i // conditions) % conditions,
+            }
+            if keep[name]:
+                rows.append({**row, "audio_filepath": f"{name}/{row['audio_filepath']}"})
+    path = out / "eval-subset.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def summary(manifests: dict[str, list[Row]]) -> str:
     lines = []
     total_clips, total_seconds = 0, 0.0
@@ -705,6 +728,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     manifests = build(out, args.sets, small=args.small, force=args.force)
     print(f"bench sets in {out} ({time.perf_counter() - started:.1f} s)")
     print(summary(manifests))
+    subset = write_eval_subset(out)
+    if subset is not None:
+        print(f"evaluation subset: {subset}")
 
 
 if __name__ == "__main__":

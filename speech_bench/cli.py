@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         "--write-calibration", type=Path, help="with --sweep: write a calibration with the best threshold"
     )
     p.add_argument("--max-offload", type=float, default=0.25, help="offload cap for the chosen threshold")
+    p.add_argument("--benchmarks-md", type=Path, help="write the figures as a section of this Markdown file")
     p.add_argument("--cloud-model", default="base")
     p.add_argument("--threads", type=int, default=2, help="threads for the cloud model")
     p.add_argument(
@@ -228,6 +229,13 @@ def main(argv: list[str] | None = None) -> None:
 
         for path in write_plots(report, args.plots):
             print(f"plot: {path}")
+    if args.benchmarks_md:
+        from speech_bench import markdown
+
+        command = "speech-bench " + " ".join(sys.argv[1:] if argv is None else argv)
+        plots = os.path.relpath(args.plots, args.benchmarks_md.parent) if args.plots else None
+        markdown.update(args.benchmarks_md, markdown.render(report, command, plots))
+        print(f"markdown: {args.benchmarks_md}")
 
 
 def write_calibration(path: Path, threshold: float, records: list[Any]) -> None:

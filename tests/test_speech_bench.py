@@ -50,7 +50,7 @@ def test_speech_bench_smoke(tmp_path: Path, audio_dir: Path) -> None:
     script = Path(sys.executable).parent / "speech-bench"
     done = subprocess.run(
         [str(script), str(manifest), "--limit", "3", "--speed", "3", "--cloud-model", "tiny.en",
-         "--out", str(out), "--plots", str(plots), "--sweep"],
+         "--out", str(out), "--plots", str(plots), "--sweep", "--benchmarks-md", str(tmp_path / "B.md")],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -69,3 +69,5 @@ def test_speech_bench_smoke(tmp_path: Path, audio_dir: Path) -> None:
     assert report["sweep"]["points"] and "operating_point" in report["sweep"]
     assert {p.name for p in plots.iterdir()} == {"latency_cdf.png", "wer_vs_offload.png", "wer_by_kind.png"}
     assert "oracle WER" in done.stdout
+    section = (tmp_path / "B.md").read_text()
+    assert "| pasu |" in section and "| naive |" in section and "Oracle" in section and "Reproduce" in section
