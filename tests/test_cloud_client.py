@@ -241,16 +241,20 @@ def test_round_robin_spreads_calls_over_backends(
         target = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
         client = _client(target, CircuitBreaker(1, 60.0))
         try:
+            # Round robin only picks connected backends: let every live one finish its handshake first.
+            await client.recognize(clip.pcm16(), _context("rr-warm-up"))
+            await asyncio.sleep(1.0)
+            counted.extend([served(tiny_cloud), served(second)])
             for i in range(6):
                 result = await client.recognize(clip.pcm16(), _context(f"rr-{i}"))
                 assert wer([clip.text], [result.hypotheses[0].text]) < 0.5
         finally:
             await client.close()
 
+    counted: list[float] = []
     try:
-        before = served(tiny_cloud), served(second)
         run(scenario())
-        counts = served(tiny_cloud) - before[0], served(second) - before[1]
+        counts = served(tiny_cloud) - counted[0], served(second) - counted[1]
     finally:
         second.stop()
     assert sum(counts) == 6
