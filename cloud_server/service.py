@@ -20,7 +20,7 @@ from cloud_server.settings import CloudSettings
 log = logging.getLogger(__name__)
 
 
-class _Uvicorn(uvicorn.Server):
+class SignalFreeServer(uvicorn.Server):
     # The process owns signal handling (it must stop gRPC too), not uvicorn.
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -36,7 +36,7 @@ class CloudServer:
         self.runtime = CloudRuntime(settings)
         self.rest_port = 0
         self.grpc_port = 0
-        self._uvicorn: _Uvicorn | None = None
+        self._uvicorn: SignalFreeServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._grpc: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
@@ -63,7 +63,7 @@ class CloudServer:
             ssl_ca_certs=str(s.tls_client_ca_file) if s.tls_client_ca_file else None,
             ssl_cert_reqs=ssl.CERT_REQUIRED if s.tls_client_ca_file else ssl.CERT_NONE,
         )
-        self._uvicorn = _Uvicorn(config)
+        self._uvicorn = SignalFreeServer(config)
         # Binding here (not inside serve()) makes a taken port fail start() and tells us port 0's pick.
         sock = config.bind_socket()
         sock.listen(config.backlog)  # accept (queue) connections from now on, before serve() runs

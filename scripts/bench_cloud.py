@@ -15,7 +15,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from protos import speech_pb2, speech_pb2_grpc  # noqa: E402
+from speech_bench.services import free_port, wait_ready  # noqa: E402
 from tests.speech import Clip, load_manifest, wer  # noqa: E402
 
 SETS = ("pocketsphinx", "tts", "long")
@@ -50,12 +49,6 @@ class ModelFigures:
     audio_s: dict[str, float]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rss_mb(pid: int, field: str) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     match = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
@@ -63,7 +56,7 @@ def _rss_mb(pid: int, field: str) -> float:
 
 
 def _start(model: str, cache: str, threads: int) -> tuple[subprocess.Popen[bytes], str, float]:
-    rest, grpc_port = _free_port(), _free_port()
+    rest, grpc_port = free_port(), free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLOUD_MODEL_CACHE_DIR": cache, "CLOUD_LOG_LEVEL": "WARNING"}
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -84,18 +77,12 @@ def _start(model: str, cache: str, threads: int) -> tuple[subprocess.Popen[bytes
         ],
         env=env,
     )
-    deadline = started + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"cloud-server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{rest}/ready", timeout=1).status_code == 200:
-                return proc, f"127.0.0.1:{grpc_port}", time.monotonic() - started
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("cloud-server not ready in 300 s")
+    try:
+        wait_ready(f"http://127.0.0.1:{rest}/ready", proc, timeout=300)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, f"127.0.0.1:{grpc_port}", time.monotonic() - started
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from cloud_server.service import CloudServer
+from cloud_server.service import CloudServer, SignalFreeServer
 from cloud_server.settings import CloudSettings
 
 T = TypeVar("T")
@@ -96,7 +96,7 @@ class ThreadedEdge:
                 create_app(self.settings, self.rec), host="127.0.0.1", port=0, log_config=None,
                 ws_max_size=self.settings.max_frame_bytes * 2,
             )  # fmt: skip
-            self._server = _QuietUvicorn(config)
+            self._server = SignalFreeServer(config)
             sock = config.bind_socket()
             sock.listen(config.backlog)
             self.port = sock.getsockname()[1]
@@ -125,22 +125,6 @@ class ThreadedEdge:
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def _quiet_uvicorn() -> Any:
-    import contextlib
-
-    import uvicorn
-
-    class Quiet(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Any:
-            yield
-
-    return Quiet
-
-
-_QuietUvicorn = _quiet_uvicorn()
 
 
 def edge_settings(tmp: Any, cloud_target: str | None = None, **overrides: Any) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,10 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from speech_bench.services import free_port
 from tests.speech import Clip, wer
 
 pytestmark = pytest.mark.model
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _script() -> str:
@@ -34,7 +28,7 @@ def _script() -> str:
 
 
 def test_serves_both_interfaces_and_stops_gracefully(model_cache: str, real_clips: list[Clip]) -> None:
-    rest, grpc_port = _free_port(), _free_port()
+    rest, grpc_port = free_port(), free_port()
     env = {**os.environ, "CLOUD_PORT": "1", "CLOUD_MODEL_CACHE_DIR": model_cache, "CLOUD_MODEL": "tiny.en"}
     proc = subprocess.Popen(
         [

@@ -25,6 +25,7 @@ from edge_agent.escalation.client import CloudClient, CloudResult, CloudUnavaila
 from edge_agent.escalation.queue import EscalationQueue, QueuedEscalation
 from edge_agent.escalation.retry import RetryWorker, backoff_delay
 from protos import speech_pb2
+from speech_bench.services import free_port
 from tests.servers import ThreadedCloud, cloud_settings
 from tests.speech import Clip, normalize, wer
 
@@ -43,13 +44,6 @@ def _context(utterance_id: str, **fields: Any) -> speech_pb2.EdgeContext:
         "reason": speech_pb2.LOW_CONFIDENCE,
     }
     return speech_pb2.EdgeContext(utterance_id=utterance_id, **(base | fields))
-
-
-def _free_port() -> int:
-    """A loopback port with nothing listening (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class BlackHole:
@@ -228,7 +222,7 @@ def test_round_robin_spreads_calls_over_backends(
     tiny_cloud: ThreadedCloud, model_cache: str, real_clips: list[Clip]
 ) -> None:
     second = ThreadedCloud(cloud_settings(model_cache, model="tiny.en")).start()
-    dead = _free_port()
+    dead = free_port()
     clip = next(c for c in real_clips if c.kind == "cards")
     labels = {"interface": "grpc", "route": "Recognize", "status": "OK"}
 
@@ -357,7 +351,7 @@ def test_deadline_on_a_black_holed_server() -> None:
 
 
 def test_breaker_opens_on_a_closed_port_then_refuses_without_network() -> None:
-    port = _free_port()
+    port = free_port()
     now = [0.0]
     breaker = CircuitBreaker(2, 30.0, clock=lambda: now[0])
 
@@ -416,7 +410,7 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
 def test_retry_worker_delivers_once_the_cloud_comes_up(
     model_cache: str, read_clips: list[Clip], tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     clip = read_clips[0]
 
     async def scenario() -> tuple[QueuedEscalation, CloudResult, int]:

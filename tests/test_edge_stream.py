@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from edge_agent.escalation.queue import EscalationQueue
+from speech_bench.services import free_port
 from tests.edge_client import EdgeClient, pcm16
 from tests.servers import ThreadedCloud, ThreadedEdge, cloud_settings, edge_settings
 from tests.speech import Clip, wer
@@ -37,12 +37,6 @@ def _noisy(audio: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
     scale = np.sqrt(np.mean(audio**2) / (np.mean(noise**2) * 10 ** (snr_db / 10)))
     mixed = audio + noise * scale
     return (mixed / max(1.0, float(np.abs(mixed).max()) / 0.95)).astype(np.float32)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +157,7 @@ def test_escalates_noisy_speech_but_not_clean(edge: ThreadedEdge, tts_clips: lis
 def test_cloud_killed_then_restarted_gives_corrections(
     edge_model: Any, model_cache: str, tmp_path: Path, real_clips: list[Clip]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     cloud = ThreadedCloud(cloud_settings(model_cache, model="tiny.en", grpc_port=port)).start()
     settings = edge_settings(tmp_path, f"127.0.0.1:{port}", escalation_threshold=0.0, cloud_deadline_s=2.0)
     edge = ThreadedEdge(settings, edge_model).start()
@@ -199,7 +193,7 @@ def test_cloud_killed_then_restarted_gives_corrections(
 def test_edge_restart_keeps_queued_escalations(
     edge_model: Any, model_cache: str, tmp_path: Path, real_clips: list[Clip]
 ) -> None:
-    port = _free_port()  # nothing listens: the cloud is down
+    port = free_port()  # nothing listens: the cloud is down
     settings = edge_settings(tmp_path, f"127.0.0.1:{port}", escalation_threshold=0.0, cloud_deadline_s=1.0)
     edge = ThreadedEdge(settings, edge_model).start()
     clip = next(c for c in real_clips if c.kind == "read")
