@@ -111,6 +111,8 @@ class EdgeSettings(BaseSettings):
     """First retry delay for queued escalations (doubles up to ``retry_max_s``)."""
     retry_max_s: float = Field(default=60.0, gt=0)
     """Longest retry delay."""
+    retry_deadline_s: float = Field(default=30.0, gt=0)
+    """Deadline of one retry of a queued escalation (no client waits on it, so it can be generous)."""
 
     log_level: str = "INFO"
     """Python logging level."""

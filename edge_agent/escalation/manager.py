@@ -41,7 +41,12 @@ class Escalator:
         )
         self.queue = EscalationQueue(settings.queue_path, settings.queue_max_items, settings.queue_max_age_s)
         self.retry = RetryWorker(
-            self.queue, self.client, self._on_result, settings.retry_initial_s, settings.retry_max_s
+            self.queue,
+            self.client,
+            self._on_result,
+            settings.retry_initial_s,
+            settings.retry_max_s,
+            deadline_s=settings.retry_deadline_s,
         )
 
     @property
