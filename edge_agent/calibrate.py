@@ -1,10 +1,12 @@
 """Fit the confidence models and thresholds on labelled audio: ``edge-agent calibrate MANIFEST...``.
 
-For every clip: the edge decodes the whole clip (final) and a seeded 55-80 % prefix (pilot), the final
-verifies the pilot, and Whisper (the cloud's engine, in-process) decodes the clip. Labels: a result is
-wrong when its normalized text differs from the reference. Three logistic models are fitted (final,
-pilot, cloud) and the default threshold is the one that minimizes the simulated hybrid WER with at most
-``--max-offload`` of utterances escalated. Needs the dev extras (jiwer, whisper-normalizer).
+For every clip, through the edge model's stream interface (any ``EDGE_MODEL``): a stream takes a
+seeded 55-80 % prefix and advances (the pilot), then the rest and finalizes (the final, verifying the
+pilot), and Whisper (the cloud's engine, in-process) decodes the clip. Labels: a result is wrong when
+its normalized text differs from the reference. Three logistic models are fitted (final, pilot, cloud)
+and the default threshold is the one that minimizes the simulated hybrid WER with at most
+``--max-offload`` of utterances escalated. The file records the edge model it was fitted on. Needs the
+dev extras (jiwer, whisper-normalizer).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.asr.decoding import greedy_decode
 from edge_agent.confidence import (
     CALIBRATION_VERSION,
     CLOUD_FEATURES,
@@ -48,6 +49,8 @@ class Row:
     final: dict[str, float]
     pilot: dict[str, float]
     cloud: dict[str, float]
+    model: str = ""
+    """The edge model that decoded the clip."""
 
 
 def _load(manifest: Path) -> list[dict[str, object]]:
@@ -67,8 +70,8 @@ def collect(manifests: list[Path], settings: EdgeSettings, cloud_model: str, see
     from cloud_server.engine import WhisperEngine
     from cloud_server.model_store import resolve_model
     from cloud_server.results import RecognizeOptions
+    from edge_agent.asr.registry import load_model
     from edge_agent.audio.vad import SileroVad
-    from edge_agent.recognizer import load_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     normalize = EnglishTextNormalizer()
@@ -99,9 +102,14 @@ def collect(manifests: list[Path], settings: EdgeSettings, cloud_model: str, see
             probs = vad.create_stream().accept(audio)
             speech_ratio = float(np.mean(np.asarray(probs) >= settings.vad_threshold)) if probs else 0.0
             cut = int(len(audio) * rng.uniform(0.55, 0.8))
-            pilot = greedy_decode(model, model.encode(audio[:cut]))
-            final = greedy_decode(model, model.encode(audio), pilot=pilot.ids)
-            agreement = final.reused_tokens / len(pilot.ids) if pilot.ids else 1.0
+            stream = model.create_stream()
+            stream.accept(audio[:cut])
+            pilot = stream.advance(lambda: False)
+            assert pilot is not None  # only a waiting final makes a stream give way
+            stream.accept(audio[cut:])
+            final = stream.finalize()
+            verified = model.capabilities.prefix_verification and pilot.ids
+            agreement = final.reused_tokens / len(pilot.ids) if verified else 1.0
             cloud = whisper.recognize(audio, RecognizeOptions(language="en", n_best=1))
             best = cloud.hypotheses[0] if cloud.hypotheses else None
             cloud_text = best.text if best else ""
@@ -127,6 +135,7 @@ def collect(manifests: list[Path], settings: EdgeSettings, cloud_model: str, see
                         duration,
                         1.0 - min(1.0, edge_vs_cloud),
                     ),
+                    model=model.name,
                 )
             )
             log.info("%s edge=%d cloud=%d errors: %s", Path(str(item["audio_filepath"])).name,
@@ -160,6 +169,9 @@ def _threshold_at_precision(scores: np.ndarray, wrong: np.ndarray, precision: fl
 
 
 def fit(rows: list[Row], max_offload: float, source: str) -> tuple[Calibration, dict[str, float]]:
+    models = {r.model for r in rows}
+    if len(models) > 1:
+        raise SystemExit(f"the features come from several edge models ({', '.join(sorted(models))}): fit one")
     edge_wrong = [int(r.edge_errors > 0) for r in rows]
     cloud_wrong = [int(r.cloud_errors > 0) for r in rows]
     final = fit_logistic([r.final for r in rows], edge_wrong, EDGE_FEATURES)
@@ -200,6 +212,7 @@ def fit(rows: list[Row], max_offload: float, source: str) -> tuple[Calibration, 
         stop_threshold=stop,
         score_quantiles=tuple(float(q) for q in np.percentile(p_final, np.linspace(0, 100, 101))),
         source=source,
+        model=next(iter(models), ""),
     )
     return calibration, report
 

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         calibrate_main(argv[1:])
         return
     if argv and argv[0] == "prepare":
-        from edge_agent.recognizer import load_model
+        from edge_agent.asr.registry import load_model
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         model = load_model(EdgeSettings())

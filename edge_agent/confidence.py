@@ -9,6 +9,7 @@ can choose between the two results per utterance on the same scale.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
-from edge_agent.asr.decoding import TokenInfo
+from edge_agent.asr.interface import TokenInfo
 
+log = logging.getLogger(__name__)
 CALIBRATION_VERSION = 1
 EDGE_FEATURES = (
     "mean_logprob",
@@ -92,6 +95,18 @@ def cloud_features(
     }
 
 
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word edit distance over the reference length, on casefolded words without punctuation."""
+    ref, hyp = _words(reference), _words(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return float(Levenshtein.distance(ref, hyp)) / len(ref)
+
+
+def _words(text: str) -> list[str]:
+    return ["".join(c for c in w.casefold() if c.isalnum() or c == "'") for w in text.split()]
+
+
 @dataclass(frozen=True)
 class LogisticModel:
     features: tuple[str, ...]
@@ -155,6 +170,19 @@ def fit_logistic(
     return LogisticModel(tuple(features), tuple(mean), tuple(scale), tuple(w[:-1]), float(w[-1]))
 
 
+def cloud_p_wrong(
+    model: LogisticModel,
+    avg_logprob: float,
+    no_speech_prob: float,
+    text: str,
+    edge_text: str,
+    duration_s: float,
+) -> float:
+    """P(cloud hypothesis wrong), on the same scale as the edge's, so the two can be compared."""
+    agreement = 1.0 - min(1.0, word_error_rate(edge_text, text))
+    return model.probability(cloud_features(avg_logprob, no_speech_prob, text, duration_s, agreement))
+
+
 @dataclass(frozen=True)
 class Calibration:
     version: int
@@ -170,6 +198,8 @@ class Calibration:
     score_quantiles: tuple[float, ...]
     """The final model's P(wrong) at percentiles 0..100 on the calibration set (offload targeting)."""
     source: str = ""
+    model: str = ""
+    """Name of the edge model the edge models were fitted on (``AsrModel.name``); empty if unrecorded."""
 
     def threshold_for_offload(self, rate: float) -> float:
         """The threshold at which about ``rate`` of calibration utterances escalate."""
@@ -187,16 +217,49 @@ class Calibration:
             "stop_threshold": self.stop_threshold,
             "score_quantiles": list(self.score_quantiles),
             "source": self.source,
+            "model": self.model,
         }
         path.write_text(json.dumps(data, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Path | None = None) -> Calibration:
-        """Load a calibration file (default: the one shipped in the package)."""
-        if path is None:
-            text = (resources.files("edge_agent") / "calibration" / "offramp-v1.json").read_text()
-        else:
-            text = Path(path).read_text()
+        """Load a calibration file (default: the one shipped for Moonshine base)."""
+        return cls._parse(Path(path).read_text() if path is not None else _shipped("offramp-v1.json"))
+
+    @classmethod
+    def for_model(cls, model_name: str, path: Path | None = None) -> Calibration:
+        """The calibration to use with ``model_name``: ``path`` if it was fitted on that model, else the
+        file shipped for it. A file fitted on another model would put the thresholds in the wrong place,
+        so it is replaced by the shipped one with a warning."""
+        from edge_agent.asr.registry import shipped_calibration
+
+        shipped = shipped_calibration(model_name)
+        if path is not None:
+            chosen = cls.load(path)
+            if not chosen.model:
+                log.warning(
+                    "calibration %s does not record its edge model; using it for %s", path, model_name
+                )
+                return chosen
+            if chosen.model == model_name:
+                return chosen
+            if shipped is None:
+                raise ValueError(
+                    f"calibration {path} was fitted on {chosen.model}, not {model_name}, and no calibration "
+                    f"ships for {model_name}: fit one with `edge-agent calibrate`"
+                )
+            log.warning(
+                "calibration %s was fitted on %s, not %s: using the one shipped for %s instead",
+                path, chosen.model, model_name, model_name,
+            )  # fmt: skip
+        if shipped is None:
+            raise ValueError(
+                f"no calibration ships for edge model {model_name}: fit one with `edge-agent calibrate`"
+            )
+        return cls._parse(_shipped(shipped))
+
+    @classmethod
+    def _parse(cls, text: str) -> Calibration:
         data = json.loads(text)
         if data.get("version") != CALIBRATION_VERSION:
             raise ValueError(f"calibration version {data.get('version')} is not {CALIBRATION_VERSION}")
@@ -210,4 +273,9 @@ class Calibration:
             stop_threshold=float(data["stop_threshold"]),
             score_quantiles=tuple(float(v) for v in data["score_quantiles"]),
             source=str(data.get("source", "")),
+            model=str(data.get("model", "")),
         )
+
+
+def _shipped(name: str) -> str:
+    return (resources.files("edge_agent") / "calibration" / name).read_text()

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.offramp import choose
+
+if TYPE_CHECKING:
+    from edge_agent.escalation.client import CloudResult
 
 
 def ready(session_id: str, sample_rate: int, encoding: str) -> dict[str, Any]:
@@ -39,3 +46,114 @@ def words_with_times(words: list[tuple[str, float]], start: float, end: float) -
         )
         t += duration
     return out
+
+
+@dataclass(frozen=True)
+class UtteranceSpan:
+    utterance_id: str
+    start: float
+    """Seconds on the session's audio timeline."""
+    end: float
+    end_reason: str
+    """Why the utterance ended: the endpointer's reason (silence, max length, stream end)."""
+    pilots: int
+    """Pilots published for it."""
+
+
+@dataclass(frozen=True)
+class EdgeVerdict:
+    text: str
+    p_wrong: float
+    words: Sequence[tuple[str, float]]
+    """(word, confidence) from the edge model."""
+    reused_tokens: int
+
+
+@dataclass(frozen=True)
+class CloudVerdict:
+    result: CloudResult | None
+    p_wrong: float | None
+    """None when the cloud gave no hypothesis (not asked, failed, or still pending)."""
+    pending: bool
+    """Escalated, but the cloud did not answer in time: queued, a ``correction`` may follow."""
+
+    @property
+    def text(self) -> str | None:
+        best = self.result.best if self.result is not None else None
+        return best.text if best is not None else None
+
+
+NO_CLOUD = CloudVerdict(None, None, False)
+
+
+def final(
+    span: UtteranceSpan,
+    edge: EdgeVerdict,
+    cloud: CloudVerdict,
+    source: str,
+    reason: str | None,
+    latency_s: float,
+    finalize_s: float,
+) -> dict[str, Any]:
+    """The ``final`` event: the chosen result (``source``), with both sides' confidences and texts.
+
+    ``reason`` is the escalation reason (None: not escalated); latencies in seconds."""
+    best = cloud.result.best if cloud.result is not None else None
+    if source == "cloud" and best is not None:
+        text = best.text
+        confidence = 1.0 - (cloud.p_wrong if cloud.p_wrong is not None else 0.5)
+        words = [
+            {
+                "word": w.word,
+                "start": round(span.start + w.start, 3),
+                "end": round(span.start + w.end, 3),
+                "confidence": round(w.probability, 4),
+            }
+            for w in best.words
+        ]
+        timing = "aligned"
+    else:
+        text = edge.text
+        confidence = 1.0 - edge.p_wrong
+        words = words_with_times(list(edge.words), span.start, span.end)
+        timing = "estimated"
+    return {
+        "type": "final",
+        "utterance_id": span.utterance_id,
+        "text": text,
+        "confidence": round(confidence, 4),
+        "source": source,
+        "escalated": reason is not None,
+        "reason": reason,
+        "edge_confidence": round(1.0 - edge.p_wrong, 4),
+        "cloud_confidence": round(1.0 - cloud.p_wrong, 4) if cloud.p_wrong is not None else None,
+        "edge_text": edge.text,
+        "cloud_text": cloud.text,
+        "cloud_pending": cloud.pending,
+        "words": words,
+        "word_timing": timing,
+        "start": round(span.start, 3),
+        "end": round(span.end, 3),
+        "end_reason": span.end_reason,
+        "latency_ms": round(1000 * latency_s, 1),
+        "finalize_ms": round(1000 * finalize_s, 1),
+        "pilots": span.pilots,
+        "reused_tokens": edge.reused_tokens,
+    }
+
+
+def correction(
+    utterance_id: str, edge_text: str, p_edge: float, cloud_text: str, p_cloud: float
+) -> dict[str, Any]:
+    """A late cloud answer for an utterance whose final already went out; keeps the likelier result."""
+    source = choose(p_edge, p_cloud)
+    return {
+        "type": "correction",
+        "utterance_id": utterance_id,
+        "text": cloud_text if source == "cloud" else edge_text,
+        "source": source,
+        "confidence": round(1.0 - min(p_cloud, p_edge), 4),
+        "edge_confidence": round(1.0 - p_edge, 4),
+        "cloud_confidence": round(1.0 - p_cloud, 4),
+        "cloud_text": cloud_text,
+    }

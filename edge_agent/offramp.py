@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from edge_agent.asr.decoding import TokenInfo
+from edge_agent.asr.interface import TokenInfo
 from edge_agent.confidence import Calibration, edge_features
 
 
@@ -84,6 +84,36 @@ class OfframpPolicy:
         feats = edge_features(tokens, audio_s, speech_ratio, agreement, finished)
         p = self.calibration.final.probability(feats)
         return Decision(p > self.threshold, p, Reason.LOW_CONFIDENCE if p > self.threshold else None)
+
+
+@dataclass(frozen=True)
+class EscalationPlan:
+    escalate: bool
+    reason: Reason | None
+    p_edge: float
+    """P(edge result wrong) used to choose between edge and cloud."""
+    count_now: bool
+    """Count this escalation now (an early one was counted when it began)."""
+
+
+def plan_escalation(
+    decision: Decision, stopped: bool, early: bool, always_cloud: bool, cloud_enabled: bool
+) -> EscalationPlan:
+    """What to do with a finished edge decode: escalate or not, and why.
+
+    ``stopped``: the offramp ended the decode midway; ``early``: the utterance is already streaming to the
+    cloud (escalated from a pilot); ``cloud_enabled``: a cloud is configured at all."""
+    reason: Reason | None = decision.reason
+    if early:
+        reason = Reason.EARLY_PILOT
+    elif stopped:
+        reason = Reason.DECODE_STOPPED
+    if always_cloud:
+        reason = Reason.FORCED
+    escalate = cloud_enabled and (always_cloud or decision.escalate or stopped or early)
+    # A decode the offramp stopped holds only the start of the utterance: never prefer it.
+    p_edge = 1.0 if stopped else decision.p_wrong
+    return EscalationPlan(escalate, reason if escalate else None, p_edge, escalate and not early)
 
 
 def choose(edge_p_wrong: float, cloud_p_wrong: float | None) -> str:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_agent.asr.moonshine import MoonshineFiles, MoonshineModel
-from edge_agent.asr.ort_convert import default_model_dir, ensure_onnx_models
-from edge_agent.audio.vad import SileroVad
+from edge_agent.asr.interface import AsrModel
+from edge_agent.asr.registry import load_model
+from edge_agent.audio.vad import SileroVad, VadModel
 from edge_agent.confidence import Calibration
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.offramp import OfframpPolicy
@@ -26,23 +25,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def load_model(settings: EdgeSettings) -> MoonshineModel:
-    """Moonshine base with graphs rebuilt for onnxruntime's optimizer (cached after the first start)."""
-    source = Path(settings.model_dir) if settings.model_dir else default_model_dir()
-    files = ensure_onnx_models(source, Path(settings.model_cache_dir))
-    return MoonshineModel(
-        MoonshineFiles(files.encoder, files.decoder, source / "tokenizer.bin"),
-        threads=settings.intra_op_threads,
-    )
+__all__ = ["Recognizer", "load_model"]
 
 
 class Recognizer:
-    def __init__(self, settings: EdgeSettings, model: MoonshineModel | None = None) -> None:
+    def __init__(
+        self, settings: EdgeSettings, model: AsrModel | None = None, vad: VadModel | None = None
+    ) -> None:
         started = time.perf_counter()
         self.settings = settings
-        self.model = model or load_model(settings)
-        self.vad = SileroVad()
-        self.calibration = Calibration.load(settings.calibration_path)
+        self.model: AsrModel = model or load_model(settings)
+        self.vad: VadModel = vad or SileroVad()
+        self.calibration = Calibration.for_model(self.model.name, settings.calibration_path)
         self.policy = OfframpPolicy.from_calibration(
             self.calibration, settings.escalation_threshold, settings.target_offload_rate
         )

@@ -1,13 +1,15 @@
 """One client's audio stream: VAD, utterances, pilot inference, finals, escalation. No network code.
 
-``feed()`` takes client audio; events (dicts, see ``edge_agent.events``) go to ``self.events``.
-Model work goes through the shared ``InferenceWorker``; the cloud through the shared escalator.
+``feed()`` takes client audio; events (dicts, see ``edge_agent.events``) go to ``self.events``. Each
+utterance gets a stream of the shared edge model (``edge_agent.asr.interface``), fed every sample once,
+in order; the session decides *when* to advance it (pilots) and finalize it, asking the model's
+capabilities, never its type. Model work goes through the shared ``InferenceWorker``; the cloud
+through the shared escalator.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 import uuid
@@ -17,12 +19,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rapidfuzz.distance import Levenshtein
 
 from edge_agent import events
-from edge_agent.asr.backend import Encoded
-from edge_agent.asr.decoding import Decoded, Hypothesis, TokenInfo, beam_nbest, greedy_decode, words_of
-from edge_agent.audio.convert import StreamResampler, check_rate, pcm_to_float
+from edge_agent.asr.interface import AsrStream, Decoded, Hypothesis, StopCheck, TokenInfo
+from edge_agent.audio.convert import StreamResampler, check_rate, float_to_pcm16, pcm_to_float
 from edge_agent.audio.endpoint import (
     EndpointConfig,
     Endpointer,
@@ -32,10 +32,9 @@ from edge_agent.audio.endpoint import (
     SpeechStart,
 )
 from edge_agent.audio.ring import RingBuffer
-from edge_agent.audio.segmenter import split_long
-from edge_agent.confidence import cloud_features
-from edge_agent.offramp import Reason, choose
-from protos import speech_pb2
+from edge_agent.confidence import cloud_p_wrong
+from edge_agent.escalation.context import edge_context
+from edge_agent.offramp import EscalationPlan, Reason, choose, plan_escalation
 
 if TYPE_CHECKING:
     from edge_agent.escalation.client import CloudResult, CloudStream
@@ -47,16 +46,9 @@ _KEPT_RESULTS = 1000
 
 
 @dataclass(frozen=True)
-class DecodeOutcome:
+class FinalOutcome:
     decoded: Decoded
-    start: int
-    end: int
-    stopped: bool
-    """The offramp stopped the decode (hopeless on the edge)."""
-    seconds: float
-    encoded: Encoded | None = None
-    """Encoder output, kept for an n-best search if the utterance escalates (single-piece audio)."""
-    audio: np.ndarray | None = None
+    audio: np.ndarray
     """The utterance's 16 kHz audio, read when it ended (the ring may have moved on by escalation time)."""
 
 
@@ -65,12 +57,15 @@ class Utterance:
     id: str
     start: int
     index: int
+    stream: AsrStream
+    fed: int
+    """Absolute sample up to which the stream has been fed."""
     pilot: Decoded | None = None
     pilot_end: int = 0
     pilot_agreement: float = 1.0
     pilots: int = 0
     silence_at: int | None = None
-    speculative: asyncio.Future[DecodeOutcome] | None = None
+    speculative: asyncio.Future[FinalOutcome] | None = None
     speculative_end: int = -1
     early: CloudStream | None = None
     early_sent: int = 0
@@ -128,6 +123,8 @@ class Session:
             return
         self._ring.write(audio)
         self._arrivals.append((self._ring.total_written, time.monotonic()))
+        if self._utt is not None:
+            self._feed(self._utt)  # before the VAD's events, so a final sees all audio up to its end
         threshold = self.rec.settings.vad_threshold
         for prob in self._vad.accept(audio):
             self._speech_windows.append((self._window, prob >= threshold))
@@ -135,6 +132,12 @@ class Session:
             for event in self._endpointer.push(prob):
                 self._on_endpoint(event)
         self._after_audio()
+
+    def _feed(self, utt: Utterance) -> None:
+        now = self._ring.total_written
+        if now > utt.fed:
+            utt.stream.accept(self._ring.read_range(utt.fed, now))
+            utt.fed = now
 
     async def finish(self) -> int:
         """End of the client's audio: close the open utterance and wait for every final."""
@@ -159,7 +162,11 @@ class Session:
     def _on_endpoint(self, event: object) -> None:
         if isinstance(event, SpeechStart):
             self._count += 1
-            self._utt = Utterance(f"{self.id}-{self._count}", event.start_sample, self._count)
+            stream = self.rec.model.create_stream()
+            self._utt = Utterance(
+                f"{self.id}-{self._count}", event.start_sample, self._count, stream, event.start_sample
+            )
+            self._feed(self._utt)  # the pre-roll and the speech so far
             self.rec.metrics.utterances.inc()
         elif isinstance(event, SilenceBegan) and self._utt is not None:
             self._utt.silence_at = event.at_sample
@@ -179,54 +186,54 @@ class Session:
         now = self._ring.total_written
         if utt.early is not None and now > utt.early_sent:
             self._send_early(utt, now)
-        # Speculative final: as soon as the padded end of a pause is in, decode what the final will be.
-        if utt.silence_at is not None and utt.speculative is None and self.rec.settings.speculative:
+        caps = self.rec.model.capabilities
+        if utt.silence_at is not None:
+            # Speculative final: as soon as the padded end of a pause is in, decode what the final will be.
             end = utt.silence_at + self._pad
-            if now >= end:
+            if utt.speculative is None and self.rec.settings.speculative and now >= end:
                 utt.speculative_end = end
                 utt.speculative = asyncio.ensure_future(self._run_final(utt, end))
-            return
-        s = self.rec.settings
-        if not s.pilot or self._pilot_pending or utt.silence_at is not None:
-            return
-        speech = now - utt.start
-        if speech >= s.pilot_min_audio_ms * 16 and now - utt.pilot_end >= s.pilot_min_new_audio_ms * 16:
+            if not caps.native_streaming:
+                return  # a re-decoding pilot in a pause would only repeat the speculative final
+        if self._pilot_due(utt, now):
             self._pilot_pending = True
             future = self.rec.worker.offer_pilot(self.id, lambda: self._pilot_job(utt))
             future.add_done_callback(lambda f: self._on_pilot(utt, f))
 
+    def _pilot_due(self, utt: Utterance, now: int) -> bool:
+        s = self.rec.settings
+        if not s.pilot or self._pilot_pending:
+            return False
+        caps = self.rec.model.capabilities
+        if caps.native_streaming:
+            return now - utt.pilot_end >= max(1, caps.chunk_samples)
+        speech = now - utt.start
+        return speech >= s.pilot_min_audio_ms * 16 and now - utt.pilot_end >= s.pilot_min_new_audio_ms * 16
+
     # -- pilot inference -----------------------------------------------------------------
 
-    def _pilot_job(self, utt: Utterance) -> tuple[Decoded, int] | None:
-        """Runs on the inference thread: decode the utterance so far, verifying the previous pilot."""
+    def _pilot_job(self, utt: Utterance) -> Decoded | None:
+        """Runs on the inference thread: bring the utterance's hypothesis up to the audio so far."""
         if self._utt is not utt or self.closed:
             return None
-        # Safe against the event loop's writes: the ring publishes total_written after copying, and
-        # its capacity (max utterance + 10 s) keeps the utterance from being overwritten meanwhile.
-        end = self._ring.total_written
-        audio = self._ring.read_range(utt.start, end)
-        model = self.rec.model
-        encoded = model.encode(audio)
-        prior = utt.pilot.ids if utt.pilot is not None else ()
-        decoded = greedy_decode(model, encoded, pilot=prior, stop=lambda _: self.rec.worker.final_waiting)
-        if not decoded.finished and self.rec.worker.final_waiting:
-            self.rec.worker.pilots_preempted += 1
-            return None  # gave way to a final; a half pilot is not worth publishing
-        return decoded, end
+        worker = self.rec.worker
+        decoded = utt.stream.advance(lambda: worker.final_waiting)
+        if decoded is None and worker.final_waiting:
+            worker.pilots_preempted += 1
+        return decoded
 
-    def _on_pilot(self, utt: Utterance, future: asyncio.Future[tuple[Decoded, int] | None]) -> None:
+    def _on_pilot(self, utt: Utterance, future: asyncio.Future[Decoded | None]) -> None:
         self._pilot_pending = False
         if future.cancelled() or self.closed:
             return
         if future.exception() is not None:
             log.error("pilot failed for %s", utt.id, exc_info=future.exception())
             return
-        result = future.result()
-        if result is None:
+        decoded = future.result()
+        if decoded is None:
             return
-        decoded, end = result
-        previous = utt.pilot
-        utt.pilot_agreement = decoded.reused_tokens / len(previous.ids) if previous and previous.ids else 1.0
+        end = utt.start + decoded.samples
+        utt.pilot_agreement = self._agreement(decoded, utt.pilot)
         utt.pilot, utt.pilot_end = decoded, end
         utt.pilots += 1
         self.rec.metrics.pilot_runs.inc()
@@ -242,69 +249,50 @@ class Session:
             )
             if decision.escalate:
                 utt.early_p = decision.p_wrong
-                context = self._context(utt.id, decoded, decision.p_wrong, Reason.EARLY_PILOT, final=False)
+                context = edge_context(
+                    utt.id, decoded, decision.p_wrong, Reason.EARLY_PILOT, self.rec.model.name, final=False
+                )
                 utt.early = self.rec.escalator.open_early(self.id, context)
                 if utt.early is not None:
                     self.rec.metrics.escalations.labels(Reason.EARLY_PILOT.value).inc()
                     self._send_early(utt, self._ring.total_written)
         self._after_audio()
 
+    def _agreement(self, decoded: Decoded, previous: Decoded | None) -> float:
+        """Share of the previous pilot's tokens this hypothesis kept (1.0 when hypotheses only grow)."""
+        if not self.rec.model.capabilities.prefix_verification or previous is None or not previous.ids:
+            return 1.0
+        return decoded.reused_tokens / len(previous.ids)
+
     def _send_early(self, utt: Utterance, now: int) -> None:
         assert utt.early is not None
         start = max(utt.start, utt.early_sent)
-        chunk = self._ring.read_range(start, now)
-        utt.early.send_audio(_pcm16(chunk))
+        utt.early.send_audio(float_to_pcm16(self._ring.read_range(start, now)))
         utt.early_sent = now
 
     # -- finals --------------------------------------------------------------------------
 
-    async def _run_final(self, utt: Utterance, end: int) -> DecodeOutcome:
-        start = utt.start
-        audio = self._ring.read_range(start, end)
-        pilot = utt.pilot.ids if utt.pilot is not None else ()
-        speech_ratio = self._speech_ratio(start, end)
-        outcome = await self.rec.worker.run_final(
-            lambda: self._final_job(audio, start, end, pilot, speech_ratio)
-        )
-        return dataclasses.replace(outcome, audio=audio)
+    async def _run_final(self, utt: Utterance, end: int) -> FinalOutcome:
+        audio = self._ring.read_range(utt.start, end)
+        stream, samples = utt.stream, end - utt.start
+        stop = self._stop_check(samples / RATE, self._speech_ratio(utt.start, end))
+        decoded = await self.rec.worker.run_final(lambda: stream.finalize(samples, stop))
+        return FinalOutcome(decoded, audio)
 
-    def _final_job(
-        self, audio: np.ndarray, start: int, end: int, pilot: tuple[int, ...], speech_ratio: float
-    ) -> DecodeOutcome:
-        """Runs on the inference thread."""
-        began = time.perf_counter()
-        model, policy = self.rec.model, self.rec.policy
-        settings = self.rec.settings
-        offramps = settings.offramps and not settings.always_cloud
-        seconds = len(audio) / RATE
-        tokens: list[TokenInfo] = []
-        stopped = False
-        finished = True
-        reused = calls = 0
-        pieces = split_long(audio, self.rec.settings.max_chunk_s)
-        for i, (a, b) in enumerate(pieces):
-            encoded = model.encode(audio[a:b])
-            done = list(tokens)
+    def _stop_check(self, seconds: float, speech_ratio: float) -> StopCheck | None:
+        """The offramp asked during the final decode: stop once the outcome is clearly an escalation."""
+        settings, policy = self.rec.settings, self.rec.policy
+        if not settings.offramps or settings.always_cloud:
+            return None
 
-            def stop(new: Sequence[TokenInfo], done: list[TokenInfo] = done) -> bool:
-                return offramps and policy.should_stop([*done, *new], seconds, speech_ratio)
+        def stop(tokens: Sequence[TokenInfo]) -> bool:
+            return policy.should_stop(tokens, seconds, speech_ratio)
 
-            decoded = greedy_decode(model, encoded, pilot=pilot if i == 0 else (), stop=stop)
-            tokens.extend(decoded.tokens)
-            reused += decoded.reused_tokens
-            calls += decoded.decoder_calls
-            finished = finished and decoded.finished
-            if offramps and not decoded.finished and policy.should_stop(tokens, seconds, speech_ratio):
-                stopped = True
-                break
-        text = model.detokenize([t.id for t in tokens])
-        result = Decoded(tuple(tokens), text, finished, calls, reused)
-        kept = encoded if len(pieces) == 1 else None
-        return DecodeOutcome(result, start, end, stopped, time.perf_counter() - began, kept)
+        return stop
 
     def _finalize(self, utt: Utterance, end: int, reason: str) -> None:
         if utt.speculative is not None and utt.speculative_end == end:
-            decode: asyncio.Future[DecodeOutcome] = utt.speculative
+            decode: asyncio.Future[FinalOutcome] = utt.speculative
         else:
             if utt.speculative is not None:
                 utt.speculative.cancel()
@@ -317,7 +305,7 @@ class Session:
     async def _complete(
         self,
         utt: Utterance,
-        decode: asyncio.Future[DecodeOutcome],
+        decode: asyncio.Future[FinalOutcome],
         end: int,
         end_reason: str,
         previous: asyncio.Task[None] | None,
@@ -334,7 +322,7 @@ class Session:
     async def _complete_utterance(
         self,
         utt: Utterance,
-        decode: asyncio.Future[DecodeOutcome],
+        decode: asyncio.Future[FinalOutcome],
         end: int,
         end_reason: str,
         previous: asyncio.Task[None] | None,
@@ -351,165 +339,81 @@ class Session:
             return
         d = outcome.decoded
         duration = (end - utt.start) / RATE
-        speech_ratio = self._speech_ratio(utt.start, end)
-        agreement = d.reused_tokens / len(utt.pilot.ids) if utt.pilot is not None and utt.pilot.ids else 1.0
-        policy = self.rec.policy
-        decision = policy.at_final(d.tokens, duration, speech_ratio, agreement, d.finished)
-        reason: Reason | None = decision.reason
-        if utt.early is not None:
-            reason = Reason.EARLY_PILOT
-        elif outcome.stopped:
-            reason = Reason.DECODE_STOPPED
-        always = self.rec.settings.always_cloud
-        if always:
-            reason = Reason.FORCED
-        escalate = self.rec.escalator is not None and (
-            always or decision.escalate or outcome.stopped or utt.early is not None
+        s = self.rec.settings
+        decision = self.rec.policy.at_final(
+            d.tokens, duration, self._speech_ratio(utt.start, end), self._agreement(d, utt.pilot), d.finished
         )
-        # A decode the offramp stopped holds only the start of the utterance: never prefer it.
-        p_edge = 1.0 if outcome.stopped else decision.p_wrong
-        cloud: CloudResult | None = None
-        cloud_p: float | None = None
-        pending = False
-        if escalate and self.rec.escalator is not None:
-            assert reason is not None
-            if utt.early is None:
-                self.rec.metrics.escalations.labels(reason.value).inc()
-            alternatives: list[Hypothesis] = []
-            if self.rec.settings.edge_n_best > 1 and outcome.encoded is not None:
-                encoded, n = outcome.encoded, self.rec.settings.edge_n_best
-                alternatives = await self.rec.worker.run_final(
-                    lambda: beam_nbest(self.rec.model, encoded, beam=n, n_best=n)
-                )
-            context = self._context(utt.id, d, p_edge, reason, final=True, alternatives=alternatives)
-            deadline = max(0.05, self.rec.settings.cloud_deadline_s - (time.monotonic() - endpoint_at))
-            assert outcome.audio is not None
-            pcm = _pcm16(outcome.audio)
-            if utt.early is not None:
-                cloud = await self.rec.escalator.finish_early(utt.early, self.id, context, pcm, deadline)
-            else:
-                cloud = await self.rec.escalator.recognize(self.id, context, pcm, deadline)
-            pending = cloud is None
-            if cloud is not None and cloud.hypotheses:
-                cloud_p = self._cloud_p_wrong(cloud, d.text, duration)
-        source = "cloud" if always and cloud_p is not None else choose(p_edge, cloud_p)
+        plan = plan_escalation(
+            decision, d.stopped, utt.early is not None, s.always_cloud, self.rec.escalator is not None
+        )
+        cloud = events.NO_CLOUD
+        if plan.escalate:
+            cloud = await self._ask_cloud(utt, outcome, plan, duration, endpoint_at)
+        source = (
+            "cloud" if s.always_cloud and cloud.p_wrong is not None else choose(plan.p_edge, cloud.p_wrong)
+        )
         self.rec.metrics.audio_seconds.inc(duration)
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)  # finals go out in order
         if self.closed:
             return
-        self._edge_results[utt.id] = (d.text, p_edge, duration)
+        self._edge_results[utt.id] = (d.text, plan.p_edge, duration)
         if len(self._edge_results) > _KEPT_RESULTS:  # kept only to score late corrections
             self._edge_results.pop(next(iter(self._edge_results)))
-        start_s, end_s = utt.start / RATE, end / RATE
-        if source == "cloud" and cloud is not None:
-            best = cloud.hypotheses[0]
-            text = best.text
-            confidence = 1.0 - (cloud_p if cloud_p is not None else 0.5)
-            words = [
-                {
-                    "word": w.word,
-                    "start": round(start_s + w.start, 3),
-                    "end": round(start_s + w.end, 3),
-                    "confidence": round(w.probability, 4),
-                }
-                for w in best.words
-            ]
-            timing = "aligned"
-        else:
-            text = d.text
-            confidence = 1.0 - p_edge
-            words = events.words_with_times(words_of(self.rec.model, d.tokens), start_s, end_s)
-            timing = "estimated"
         latency = time.monotonic() - speech_end_at
         self.rec.metrics.final_latency.observe(latency)
+        reason = plan.reason.value if plan.reason is not None else None
         log.info(
             "final utterance=%s source=%s escalated=%s reason=%s latency=%.0fms",
-            utt.id, source, escalate, reason.value if escalate and reason else "-", 1000 * latency,
-            extra={"utterance_id": utt.id, "session_id": self.id, "source": source, "escalated": escalate,
-                   "latency_ms": round(1000 * latency, 1), "cloud_pending": pending},
+            utt.id, source, plan.escalate, reason or "-", 1000 * latency,
+            extra={"utterance_id": utt.id, "session_id": self.id, "source": source,
+                   "escalated": plan.escalate, "latency_ms": round(1000 * latency, 1),
+                   "cloud_pending": cloud.pending},
         )  # fmt: skip
-        self._emit(
-            {
-                "type": "final",
-                "utterance_id": utt.id,
-                "text": text,
-                "confidence": round(confidence, 4),
-                "source": source,
-                "escalated": escalate,
-                "reason": reason.value if escalate and reason is not None else None,
-                "edge_confidence": round(1.0 - p_edge, 4),
-                "cloud_confidence": round(1.0 - cloud_p, 4) if cloud_p is not None else None,
-                "edge_text": d.text,
-                "cloud_text": cloud.hypotheses[0].text if cloud is not None and cloud.hypotheses else None,
-                "cloud_pending": pending,
-                "words": words,
-                "word_timing": timing,
-                "start": round(start_s, 3),
-                "end": round(end_s, 3),
-                "end_reason": end_reason,
-                "latency_ms": round(1000 * latency, 1),
-                "finalize_ms": round(1000 * (time.monotonic() - endpoint_at), 1),
-                "pilots": utt.pilots,
-                "reused_tokens": d.reused_tokens,
-            }
-        )
+        span = events.UtteranceSpan(utt.id, utt.start / RATE, end / RATE, end_reason, utt.pilots)
+        edge = events.EdgeVerdict(d.text, plan.p_edge, self.rec.model.words(d.tokens), d.reused_tokens)
+        self._emit(events.final(span, edge, cloud, source, reason, latency, time.monotonic() - endpoint_at))
+
+    async def _ask_cloud(
+        self, utt: Utterance, outcome: FinalOutcome, plan: EscalationPlan, duration: float, endpoint_at: float
+    ) -> events.CloudVerdict:
+        """Send the escalated utterance (with the edge's n-best) to the cloud, within the live deadline."""
+        escalator, settings, model = self.rec.escalator, self.rec.settings, self.rec.model
+        assert escalator is not None and plan.reason is not None
+        if plan.count_now:
+            self.rec.metrics.escalations.labels(plan.reason.value).inc()
+        alternatives: list[Hypothesis] = []
+        caps, n = model.capabilities, settings.edge_n_best
+        if n > 1 and caps.n_best and (caps.max_audio_s is None or duration <= caps.max_audio_s):
+            stream = utt.stream
+            alternatives = await self.rec.worker.run_final(lambda: stream.n_best(n))
+        d = outcome.decoded
+        context = edge_context(utt.id, d, plan.p_edge, plan.reason, model.name, True, alternatives)
+        deadline = max(0.05, settings.cloud_deadline_s - (time.monotonic() - endpoint_at))
+        pcm = float_to_pcm16(outcome.audio)
+        if utt.early is not None:
+            cloud = await escalator.finish_early(utt.early, self.id, context, pcm, deadline)
+        else:
+            cloud = await escalator.recognize(self.id, context, pcm, deadline)
+        if cloud is None:
+            return events.CloudVerdict(None, None, pending=True)
+        p_cloud = self._cloud_p_wrong(cloud, d.text, duration) if cloud.hypotheses else None
+        return events.CloudVerdict(cloud, p_cloud, pending=False)
 
     def on_correction(self, utterance_id: str, cloud: CloudResult) -> None:
         """A queued escalation answered after its final went out: tell the client."""
         if self.closed or not cloud.hypotheses:
             return
         edge_text, p_edge, duration = self._edge_results.get(utterance_id, ("", 1.0, 1.0))
-        cloud_p = self._cloud_p_wrong(cloud, edge_text, duration)
-        source = choose(p_edge, cloud_p)
-        best = cloud.hypotheses[0]
-        self._emit(
-            {
-                "type": "correction",
-                "utterance_id": utterance_id,
-                "text": best.text if source == "cloud" else edge_text,
-                "source": source,
-                "confidence": round(1.0 - min(cloud_p, p_edge), 4),
-                "edge_confidence": round(1.0 - p_edge, 4),
-                "cloud_confidence": round(1.0 - cloud_p, 4),
-                "cloud_text": best.text,
-            }
-        )
+        p_cloud = self._cloud_p_wrong(cloud, edge_text, duration)
+        self._emit(events.correction(utterance_id, edge_text, p_edge, cloud.hypotheses[0].text, p_cloud))
 
     # -- helpers -------------------------------------------------------------------------
 
     def _cloud_p_wrong(self, cloud: CloudResult, edge_text: str, duration: float) -> float:
         best = cloud.hypotheses[0]
-        agreement = 1.0 - min(1.0, _word_error_rate(edge_text, best.text))
-        feats = cloud_features(best.avg_logprob, best.no_speech_prob, best.text, duration, agreement)
-        return self.rec.calibration.cloud.probability(feats)
-
-    def _context(
-        self,
-        utterance_id: str,
-        decoded: Decoded,
-        p_wrong: float,
-        reason: Reason,
-        final: bool,
-        alternatives: Sequence[Hypothesis] = (),
-    ) -> speech_pb2.EdgeContext:
-        logprob = float(sum(t.logprob for t in decoded.tokens))
-        n_best = [speech_pb2.EdgeHypothesis(text=decoded.text, confidence=1.0 - p_wrong, log_prob=logprob)]
-        # Beam alternatives carry their log-prob; only the greedy best has a calibrated confidence.
-        n_best += [
-            speech_pb2.EdgeHypothesis(text=h.text, log_prob=h.logprob)
-            for h in alternatives
-            if h.text != decoded.text
-        ]
-        return speech_pb2.EdgeContext(
-            utterance_id=utterance_id,
-            n_best=n_best,
-            confidence=1.0 - p_wrong,
-            reason=_REASONS[reason],
-            reason_detail=reason.value,
-            edge_model=self.rec.model.name,
-            is_final=final,
-        )
+        model = self.rec.calibration.cloud
+        return cloud_p_wrong(model, best.avg_logprob, best.no_speech_prob, best.text, edge_text, duration)
 
     def _speech_ratio(self, start: int, end: int) -> float:
         first, last = start // 512, max(start // 512 + 1, end // 512)
@@ -525,28 +429,3 @@ class Session:
     def _emit(self, event: dict[str, Any]) -> None:
         if not self.closed:
             self.events.put_nowait(event)
-
-
-_REASONS = {
-    Reason.LOW_CONFIDENCE: speech_pb2.LOW_CONFIDENCE,
-    Reason.EARLY_PILOT: speech_pb2.EARLY_PILOT,
-    Reason.DECODE_STOPPED: speech_pb2.LOW_CONFIDENCE,
-    Reason.LONG_UTTERANCE: speech_pb2.LONG_UTTERANCE,
-    Reason.FORCED: speech_pb2.FORCED,
-}
-
-
-def _pcm16(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-
-
-def _word_error_rate(reference: str, hypothesis: str) -> float:
-    """Word edit distance over the reference length, on casefolded words without punctuation."""
-    ref, hyp = _words(reference), _words(hypothesis)
-    if not ref:
-        return 0.0 if not hyp else 1.0
-    return float(Levenshtein.distance(ref, hyp)) / len(ref)
-
-
-def _words(text: str) -> list[str]:
-    return ["".join(c for c in w.casefold() if c.isalnum() or c == "'") for w in text.split()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _STATE = Path.home() / ".local" / "state" / "edge-agent"
@@ -34,15 +34,18 @@ class EdgeSettings(BaseSettings):
     """Audio frames buffered per session before the reader stops reading (backpressure)."""
 
     # -- model -----------------------------------------------------------------------------
+    model: str = "moonshine"
+    """Edge model: a family (``moonshine``) for its bundled model, or ``family:/path/to/dir`` for a
+    model directory of that family."""
     intra_op_threads: int = Field(default=2, ge=1, le=64)
     """onnxruntime intra-op threads for the edge model."""
     model_dir: Path | None = None
     """Directory with Moonshine's ``encoder_model.ort``, ``decoder_model_merged.ort``, ``tokenizer.bin``;
-    default: the one in the moonshine-cpp package."""
+    default: the one in the moonshine-cpp package (``EDGE_MODEL=moonshine:/dir`` says the same)."""
     model_cache_dir: Path = _CACHE / "edge-models"
     """Where the rebuilt (optimizable) ONNX graphs are cached."""
     max_chunk_s: float = Field(default=25.0, gt=1.0, le=28.0)
-    """Audio longer than this is split at low-energy points before decoding."""
+    """Moonshine: audio longer than this is split at low-energy points before decoding."""
 
     # -- VAD / endpointing ---------------------------------------------------------------
     vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
@@ -118,3 +121,10 @@ class EdgeSettings(BaseSettings):
     """Python logging level."""
     log_format: Literal["text", "json"] = "text"
     """``json``: one JSON object per line, with utterance ids that join edge and cloud lines."""
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from edge_agent.asr.registry import parse_model_spec
+
+        return str(parse_model_spec(value))

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_agent.asr.ort_convert import (  # noqa: E402
+from edge_agent.asr.moonshine.ort_convert import (  # noqa: E402
     DECODER_ORT,
     ENCODER_ORT,
     default_model_dir,

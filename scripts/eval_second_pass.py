@@ -86,16 +86,15 @@ def decode_all(clips: Sequence[tuple[str, Clip]], cache: Path, threads: int) -> 
     from cloud_server.engine import WhisperEngine
     from cloud_server.model_store import resolve_model
     from cloud_server.results import RecognizeOptions
-    from edge_agent.asr.decoding import beam_nbest, greedy_decode
-    from edge_agent.recognizer import load_model
-    from edge_agent.settings import EdgeSettings
+    from edge_agent.asr.moonshine.decoding import beam_nbest, greedy_decode
+    from edge_agent.asr.moonshine.stream import load_moonshine
 
     done = load_cache(cache)
     todo = [(s, c) for s, c in clips if _row_key(s, c) not in done]
     if not todo:
         return
     print(f"decoding {len(todo)} utterances ({len(clips) - len(todo)} cached) into {cache}", flush=True)
-    edge = load_model(EdgeSettings(model_cache_dir=ROOT / ".cache" / "edge-models", intra_op_threads=threads))
+    edge = load_moonshine(None, ROOT / ".cache" / "edge-models", threads, max_chunk_s=25.0).model
     engine = WhisperEngine(
         resolve_model("base", ROOT / ".cache" / "models"), compute_type="int8", cpu_threads=threads, workers=1
     )

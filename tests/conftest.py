@@ -60,7 +60,7 @@ def cloud(model_cache: str) -> Iterator[ThreadedCloud]:
 @pytest.fixture(scope="session")
 def edge_model() -> object:
     """Moonshine base with the rebuilt graphs, loaded once per session."""
-    from edge_agent.recognizer import load_model
+    from edge_agent.asr.registry import load_model
     from edge_agent.settings import EdgeSettings
 
     return load_model(EdgeSettings(model_cache_dir=ROOT / ".cache" / "edge-models"))

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.asr.decoding import TokenInfo
-from edge_agent.asr.ort_convert import default_model_dir
-from edge_agent.asr.tokenizer import TextDecoder, read_vocab
+from edge_agent.asr.interface import TokenInfo
+from edge_agent.asr.moonshine.ort_convert import default_model_dir
+from edge_agent.asr.moonshine.tokenizer import TextDecoder, read_vocab
 from edge_agent.confidence import (
     CLOUD_FEATURES,
     EDGE_FEATURES,

@@ -128,7 +128,18 @@ def test_concurrent_clients(edge: ThreadedEdge, real_clips: list[Clip], tts_clip
     assert httpx.get(f"{edge.http}/health").json()["sessions"] == 0
 
 
-def test_escalates_noisy_speech_but_not_clean(edge: ThreadedEdge, tts_clips: list[Clip]) -> None:
+@pytest.fixture()
+def patient_edge(edge_model: Any, cloud_tiny: ThreadedCloud, tmp_path: Path) -> Iterator[ThreadedEdge]:
+    """An edge that waits for the cloud as long as it takes: what these tests check is the cloud's answer,
+    and a loaded 2-core machine can take longer than the live deadline (that path is tested on its own)."""
+    settings = edge_settings(tmp_path, cloud_tiny.grpc_target, cloud_deadline_s=60.0)
+    server = ThreadedEdge(settings, edge_model).start()
+    yield server
+    server.stop()
+
+
+def test_escalates_noisy_speech_but_not_clean(patient_edge: ThreadedEdge, tts_clips: list[Clip]) -> None:
+    edge = patient_edge
     clean_escalated, noisy_escalated = 0, 0
     clips = tts_clips[:6]
     for i, clip in enumerate(clips):
@@ -167,17 +178,26 @@ def test_cloud_killed_then_restarted_gives_corrections(
         clips = [c for c in real_clips if c.kind == "read"][:3]
         client.send_audio(pcm16(_with_silence(clips[0].samples())))
         first = client.wait_for("final", 1)[0]
-        assert first["escalated"] and not first["cloud_pending"] and first["cloud_text"]
+        assert first["escalated"]
+        if first["cloud_pending"]:
+            # A loaded machine can miss the live 2 s deadline: then the documented path is a pending
+            # final and, from the queue, a correction while the cloud is still up.
+            late = client.wait_for("correction", 1, timeout=60)[0]
+            assert late["utterance_id"] == first["utterance_id"] and late["cloud_text"]
+        else:
+            assert first["cloud_text"]
+        assert httpx.get(f"{edge.http}/health").json()["queued_escalations"] == 0
         cloud.stop()  # the cloud dies mid-run
         for clip in clips[1:]:
             client.send_audio(pcm16(_with_silence(clip.samples())))
         finals = client.wait_for("final", 3, timeout=60)
         for final in finals[1:]:
             assert final["escalated"] and final["cloud_pending"] and final["source"] == "edge"
-            assert final["finalize_ms"] < 2000 + 1500  # never waits much past the deadline
+            assert final["finalize_ms"] < 2000 + 3000  # never waits much past the deadline, even when loaded
         assert httpx.get(f"{edge.http}/health").json()["queued_escalations"] == 2
         cloud = ThreadedCloud(cloud_settings(model_cache, model="tiny.en", grpc_port=port)).start()
-        corrections = client.wait_for("correction", 2, timeout=60)
+        corrections = client.wait_for("correction", 2 + first["cloud_pending"], timeout=60)
+        corrections = [c for c in corrections if c["utterance_id"] != first["utterance_id"]]
         assert {c["utterance_id"] for c in corrections} == {f["utterance_id"] for f in finals[1:]}
         for correction, clip in zip(
             sorted(corrections, key=lambda c: c["utterance_id"]), clips[1:], strict=True
@@ -319,7 +339,9 @@ def test_early_escalation_streams_audio_before_end_of_speech(
     edge_model: Any, cloud_tiny: ThreadedCloud, tmp_path: Path, real_clips: list[Clip]
 ) -> None:
     # Threshold 0: every pilot looks "hard", so the utterance goes to the cloud while it is spoken.
-    settings = edge_settings(tmp_path, cloud_tiny.grpc_target, escalation_threshold=0.0)
+    settings = edge_settings(
+        tmp_path, cloud_tiny.grpc_target, escalation_threshold=0.0, cloud_deadline_s=60.0
+    )
     edge = ThreadedEdge(settings, edge_model).start()
     try:
         clip = next(c for c in real_clips if c.kind == "read" and c.duration > 5)

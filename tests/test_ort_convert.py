@@ -11,8 +11,8 @@ import numpy as np
 import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
-from edge_agent.asr import ort_convert
-from edge_agent.asr.ort_convert import (
+from edge_agent.asr.moonshine import ort_convert
+from edge_agent.asr.moonshine.ort_convert import (
     DECODER_ORT,
     ENCODER_ORT,
     ModelFiles,

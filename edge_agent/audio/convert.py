@@ -46,6 +46,11 @@ def pcm_to_float(data: bytes | bytearray | memoryview, encoding: str) -> np.ndar
     return out
 
 
+def float_to_pcm16(audio: np.ndarray) -> bytes:
+    """Float samples in [-1, 1] (clipped) as 16-bit little-endian PCM."""
+    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
 def check_rate(rate: int, what: str = "sample rate") -> int:
     """Return ``rate`` if it is an integer in [8000, 48000] Hz, else raise :class:`AudioFormatError`."""
     if isinstance(rate, bool) or not isinstance(rate, int | np.integer):

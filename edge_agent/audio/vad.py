@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
@@ -18,6 +19,18 @@ SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 512
 CONTEXT_SAMPLES = 64
 _STATE_SHAPE = (2, 1, 128)
+
+
+class VadStreamLike(Protocol):
+    def accept(self, samples16k: np.ndarray) -> list[float]:
+        """Speech probability of every complete 512-sample window the new audio finishes."""
+        ...
+
+
+class VadModel(Protocol):
+    """What the session needs of a VAD: a stream per audio stream."""
+
+    def create_stream(self) -> VadStreamLike: ...
 
 
 class VadModelNotFoundError(FileNotFoundError):

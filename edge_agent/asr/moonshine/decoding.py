@@ -8,39 +8,12 @@ steps, the result equals a plain greedy decode of the final audio.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
-from edge_agent.asr.backend import AsrBackend, DecoderCache, Encoded
-
-
-@dataclass(frozen=True)
-class TokenInfo:
-    id: int
-    logprob: float
-    """log P(token) under the model."""
-    entropy: float
-    """Entropy (nats) of the distribution the token was picked from."""
-
-
-@dataclass(frozen=True)
-class Decoded:
-    tokens: tuple[TokenInfo, ...]
-    text: str
-    finished: bool
-    """True when the model emitted end-of-sequence (not cut by the length bound or a stop)."""
-    decoder_calls: int
-    reused_tokens: int = 0
-    """Pilot tokens confirmed by the verification pass (0 for a plain decode)."""
-
-    @property
-    def ids(self) -> tuple[int, ...]:
-        return tuple(t.id for t in self.tokens)
-
-
-StopCheck = Callable[[Sequence[TokenInfo]], bool]
+from edge_agent.asr.interface import Decoded, Hypothesis, StopCheck, TokenInfo
+from edge_agent.asr.moonshine.backend import DecoderCache, Encoded, EncoderDecoder
 
 
 def _info(logprobs: np.ndarray, token: int) -> TokenInfo:
@@ -50,7 +23,7 @@ def _info(logprobs: np.ndarray, token: int) -> TokenInfo:
 
 
 def greedy_decode(
-    model: AsrBackend,
+    model: EncoderDecoder,
     encoded: Encoded,
     pilot: Sequence[int] = (),
     stop: StopCheck | None = None,
@@ -94,7 +67,7 @@ def _keep(cache: DecoderCache, length: int) -> DecoderCache:
     return cache if cache.length == length else cache.truncate(length)
 
 
-def words_of(model: AsrBackend, tokens: Sequence[TokenInfo]) -> list[tuple[str, float]]:
+def words_of(model: EncoderDecoder, tokens: Sequence[TokenInfo]) -> list[tuple[str, float]]:
     """(word, exp(mean token log-prob)) per word; words begin at the tokenizer's word-start pieces."""
     groups: list[list[TokenInfo]] = []
     for token in tokens:
@@ -109,15 +82,7 @@ def words_of(model: AsrBackend, tokens: Sequence[TokenInfo]) -> list[tuple[str, 
     return out
 
 
-@dataclass(frozen=True)
-class Hypothesis:
-    ids: tuple[int, ...]
-    text: str
-    logprob: float
-    """Sum of token log-probabilities."""
-
-
-def beam_nbest(model: AsrBackend, encoded: Encoded, beam: int = 3, n_best: int = 3) -> list[Hypothesis]:
+def beam_nbest(model: EncoderDecoder, encoded: Encoded, beam: int = 3, n_best: int = 3) -> list[Hypothesis]:
     """A small beam search: up to ``n_best`` distinct hypotheses ranked by length-normalized log-prob.
 
     Used only when an utterance is escalated, to send the cloud the edge's alternatives."""

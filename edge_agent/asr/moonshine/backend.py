@@ -1,8 +1,8 @@
-"""What a streaming edge recognizer must offer the decoder, the pilot scheduler and the offramps.
+"""What Moonshine's decoding algorithms need of an autoregressive encoder-decoder.
 
-Moonshine (encoder-decoder, autoregressive) implements it today; the cache-aware conformer plugs in
-beside it. One model object is shared by every session and never mutated per request; per-utterance
-state lives in the values these methods return.
+``MoonshineModel`` implements it; ``decoding`` (greedy with pilot verification, beam n-best) is written
+against it. One model object is shared by every stream and never mutated; per-utterance state lives in
+the values these methods return.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class DecoderCache(Protocol):
     def truncate(self, length: int) -> DecoderCache: ...
 
 
-class AsrBackend(Protocol):
+class EncoderDecoder(Protocol):
     name: str
     bos_id: int
     eos_id: int

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge_agent.asr.backend import Encoded
-from edge_agent.asr.tokenizer import BOS_ID, EOS_ID, TextDecoder
+from edge_agent.asr.moonshine.backend import Encoded
+from edge_agent.asr.moonshine.tokenizer import BOS_ID, EOS_ID, TextDecoder
 
 log = logging.getLogger(__name__)
 _TOKENS_PER_SECOND = 6.5  # Moonshine's own bound; speech rarely exceeds ~4 tokens/s

@@ -1,0 +1,1 @@
+"""Moonshine base (encoder-decoder) on onnxruntime, behind the stream interface."""

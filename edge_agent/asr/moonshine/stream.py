@@ -1,0 +1,171 @@
+"""Moonshine behind the stream interface: PASU pilot inference on a stateless encoder-decoder.
+
+Moonshine has no streaming encoder, so a pilot (``advance``) re-encodes the utterance so far and greedy-
+decodes it, verifying the previous pilot's tokens in one parallel decoder pass first; the final does the
+same on the audio up to the endpoint, so after the endpoint only the encoder, one verification pass and
+the tail of the decode remain. Audio past ``max_chunk_s`` is split at quiet points and decoded piece by
+piece (Moonshine hallucinates past ~30 s).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.asr.interface import (
+    Capabilities,
+    Decoded,
+    Hypothesis,
+    StopCheck,
+    TokenInfo,
+    YieldCheck,
+)
+from edge_agent.asr.moonshine.backend import Encoded
+from edge_agent.asr.moonshine.decoding import beam_nbest, greedy_decode, words_of
+from edge_agent.asr.moonshine.model import MoonshineFiles, MoonshineModel
+from edge_agent.asr.moonshine.ort_convert import default_model_dir, ensure_onnx_models
+from edge_agent.audio.segmenter import split_long
+
+RATE = 16000
+
+
+class UtteranceAudio:
+    """A growing buffer of one utterance's audio: written by the event loop, read by the inference thread.
+
+    Capacity doubles as needed (no copy of everything per chunk); the lock makes a read see whole writes."""
+
+    def __init__(self, initial_samples: int = 4 * RATE) -> None:
+        self._data = np.zeros(initial_samples, dtype=np.float32)
+        self._size = 0
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def append(self, audio: np.ndarray) -> None:
+        samples = np.asarray(audio, dtype=np.float32).reshape(-1)
+        with self._lock:
+            needed = self._size + samples.size
+            if needed > self._data.size:
+                grown = np.zeros(max(needed, 2 * self._data.size), dtype=np.float32)
+                grown[: self._size] = self._data[: self._size]
+                self._data = grown
+            self._data[self._size : needed] = samples
+            self._size = needed
+
+    def read(self, end: int | None = None) -> np.ndarray:
+        """A copy of samples ``[0, end)`` (all when None)."""
+        with self._lock:
+            stop = self._size if end is None else min(end, self._size)
+            return self._data[:stop].copy()
+
+
+class MoonshineRecognizer:
+    """The shared Moonshine model as an ``AsrModel``."""
+
+    def __init__(self, model: MoonshineModel, max_chunk_s: float = 25.0) -> None:
+        self.model = model
+        self.max_chunk_s = max_chunk_s
+        self._capabilities = Capabilities(
+            native_streaming=False,
+            chunk_samples=0,
+            prefix_verification=True,
+            n_best=True,
+            max_audio_s=max_chunk_s,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    def create_stream(self) -> MoonshineStream:
+        return MoonshineStream(self)
+
+    def words(self, tokens: Sequence[TokenInfo]) -> list[tuple[str, float]]:
+        return words_of(self.model, tokens)
+
+
+class MoonshineStream:
+    def __init__(self, recognizer: MoonshineRecognizer) -> None:
+        self._rec = recognizer
+        self._audio = UtteranceAudio()
+        self._pilot: Decoded | None = None
+        """The latest pilot: the next pilot and the final verify its tokens."""
+        self._final_encoded: Encoded | None = None
+        """The last final's encoder output when it was one piece (for the n-best search)."""
+
+    @property
+    def samples(self) -> int:
+        return self._audio.size
+
+    def accept(self, audio: np.ndarray) -> None:
+        self._audio.append(audio)
+
+    def advance(self, should_yield: YieldCheck) -> Decoded | None:
+        model = self._rec.model
+        audio = self._audio.read()
+        encoded = model.encode(audio)
+        prior = self._pilot.ids if self._pilot is not None else ()
+        decoded = greedy_decode(model, encoded, pilot=prior, stop=lambda _: should_yield())
+        if not decoded.finished and should_yield():
+            return None  # gave way to a final; a half pilot is not worth publishing
+        result = Decoded(
+            decoded.tokens, decoded.text, decoded.finished, decoded.decoder_calls, decoded.reused_tokens,
+            samples=len(audio),
+        )  # fmt: skip
+        self._pilot = result
+        return result
+
+    def finalize(self, end: int | None = None, stop: StopCheck | None = None) -> Decoded:
+        model = self._rec.model
+        audio = self._audio.read(end)
+        pilot = self._pilot.ids if self._pilot is not None else ()
+        tokens: list[TokenInfo] = []
+        stopped = False
+        finished = True
+        reused = calls = 0
+        encoded: Encoded | None = None
+        pieces = split_long(audio, self._rec.max_chunk_s)
+        for i, (a, b) in enumerate(pieces):
+            encoded = model.encode(audio[a:b])
+            done = list(tokens)
+
+            def piece_stop(new: Sequence[TokenInfo], done: list[TokenInfo] = done) -> bool:
+                return stop is not None and stop([*done, *new])
+
+            decoded = greedy_decode(model, encoded, pilot=pilot if i == 0 else (), stop=piece_stop)
+            tokens.extend(decoded.tokens)
+            reused += decoded.reused_tokens
+            calls += decoded.decoder_calls
+            finished = finished and decoded.finished
+            if stop is not None and not decoded.finished and stop(tokens):
+                stopped = True
+                break
+        self._final_encoded = encoded if len(pieces) == 1 else None
+        text = model.detokenize([t.id for t in tokens])
+        return Decoded(tuple(tokens), text, finished, calls, reused, samples=len(audio), stopped=stopped)
+
+    def n_best(self, n: int) -> list[Hypothesis]:
+        if self._final_encoded is None:
+            return []
+        return beam_nbest(self._rec.model, self._final_encoded, beam=n, n_best=n)
+
+
+def load_moonshine(
+    model_dir: Path | None, cache_dir: Path, threads: int, max_chunk_s: float
+) -> MoonshineRecognizer:
+    """Moonshine base with graphs rebuilt for onnxruntime's optimizer (cached after the first start)."""
+    source = model_dir if model_dir is not None else default_model_dir()
+    files = ensure_onnx_models(source, cache_dir)
+    model = MoonshineModel(
+        MoonshineFiles(files.encoder, files.decoder, source / "tokenizer.bin"), threads=threads
+    )
+    return MoonshineRecognizer(model, max_chunk_s)

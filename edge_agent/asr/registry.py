@@ -1,0 +1,80 @@
+"""Edge model families, chosen by one setting: ``EDGE_MODEL=family`` or ``family:/path/to/model/dir``.
+
+Adding a family is one entry in ``FAMILIES``: how to load it and which calibration file ships for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge_agent.asr.interface import AsrModel
+    from edge_agent.settings import EdgeSettings
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    family: str
+    path: Path | None = None
+    """A model directory given after the colon (None: the family's bundled model)."""
+
+    def __str__(self) -> str:
+        return self.family if self.path is None else f"{self.family}:{self.path}"
+
+
+@dataclass(frozen=True)
+class Family:
+    load: Callable[[ModelSpec, EdgeSettings], AsrModel]
+    calibration: str
+    """File name of the calibration shipped for this family's bundled model (``edge_agent/calibration``)."""
+    model_name: str
+    """``AsrModel.name`` of the bundled model (what shipped calibrations record)."""
+
+
+def _load_moonshine(spec: ModelSpec, settings: EdgeSettings) -> AsrModel:
+    from edge_agent.asr.moonshine.stream import load_moonshine
+
+    return load_moonshine(
+        spec.path or settings.model_dir,
+        Path(settings.model_cache_dir),
+        settings.intra_op_threads,
+        settings.max_chunk_s,
+    )
+
+
+FAMILIES: dict[str, Family] = {
+    "moonshine": Family(_load_moonshine, "offramp-v1.json", "moonshine-base"),
+}
+
+
+def parse_model_spec(value: str) -> ModelSpec:
+    """``moonshine`` | ``moonshine:/dir`` | (any registered family)[``:/dir``]. Raises ValueError."""
+    family, sep, path = value.strip().partition(":")
+    family = family.strip().lower()
+    if family not in FAMILIES:
+        known = ", ".join(sorted(FAMILIES))
+        raise ValueError(
+            f"unknown edge model family {family!r}; available: {known} (optionally family:/path)"
+        )
+    if sep and not path.strip():
+        raise ValueError(f"{value!r}: give a model directory after the colon, or just {family!r}")
+    return ModelSpec(family, Path(path.strip()).expanduser() if sep else None)
+
+
+def load_model(settings: EdgeSettings) -> AsrModel:
+    """Load the edge model ``settings.model`` names."""
+    spec = parse_model_spec(settings.model)
+    if spec.path is not None and not spec.path.is_dir():
+        raise FileNotFoundError(f"EDGE_MODEL={spec}: {spec.path} is not a directory")
+    return FAMILIES[spec.family].load(spec, settings)
+
+
+def shipped_calibration(model_name: str) -> str | None:
+    """The calibration file shipped for a model, by its name; None when none ships for it."""
+    for family in FAMILIES.values():
+        if family.model_name == model_name:
+            return family.calibration
+    return None
