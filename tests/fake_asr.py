@@ -21,6 +21,9 @@ import numpy as np
 from edge_agent.asr.interface import Capabilities, Decoded, Hypothesis, StopCheck, TokenInfo, YieldCheck
 from edge_agent.confidence import CLOUD_FEATURES, EDGE_FEATURES
 from edge_agent.escalation.client import CloudHypothesis, CloudResult, CloudWord
+from tests.edge_client import pcm16 as pcm
+
+__all__ = ["pcm"]
 
 BLOCK = 4096
 WINDOW = 512
@@ -38,10 +41,6 @@ def silence(seconds: float) -> np.ndarray:
 
 def words_for(*levels: float) -> str:
     return " ".join(f"w{round(100 * level)}" for level in levels)
-
-
-def pcm(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 @dataclass

@@ -88,6 +88,20 @@ def _run(rec: Recognizer, scenario: Callable[[Recognizer], Awaitable[None]]) -> 
     asyncio.run(main())
 
 
+def _stream(rec: Recognizer, audio: np.ndarray) -> list[dict[str, Any]]:
+    """One session streams ``audio`` and ends it; every event it produced."""
+    events: list[dict[str, Any]] = []
+
+    async def scenario(rec: Recognizer) -> None:
+        session = Session(rec, RATE, "pcm_s16le", session_id="s")
+        await _feed(session, audio)
+        await session.finish()
+        events.extend(_drain(session))
+
+    _run(rec, scenario)
+    return events
+
+
 def _of(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == kind]
 
@@ -122,15 +136,7 @@ def test_partials_then_finals_in_order(tmp_path: Path) -> None:
 
 def test_speculative_final_is_reused_at_the_endpoint(tmp_path: Path) -> None:
     model = FakeModel()
-    events: list[dict[str, Any]] = []
-
-    async def scenario(rec: Recognizer) -> None:
-        session = Session(rec, RATE, "pcm_s16le", session_id="s")
-        await _feed(session, np.concatenate([LEAD, speech(*CONFIDENT), GAP]))
-        await session.finish()
-        events.extend(_drain(session))
-
-    _run(_rec(tmp_path, model), scenario)
+    events = _stream(_rec(tmp_path, model), np.concatenate([LEAD, speech(*CONFIDENT), GAP]))
     finalizes = [c for c in model.calls if c.kind == "finalize"]
     (final,) = _of(events, "final")
     assert len(finalizes) == 1  # decoded at the first silence, and that decode became the final
@@ -189,16 +195,8 @@ def test_pilot_gives_way_to_another_sessions_final(tmp_path: Path) -> None:
 def test_early_escalation_streams_audio_before_the_end_of_speech(tmp_path: Path) -> None:
     model = FakeModel()
     cloud = FakeEscalator("cloud words")
-    events: list[dict[str, Any]] = []
     rec = _rec(tmp_path, model, cloud)
-
-    async def scenario(rec: Recognizer) -> None:
-        session = Session(rec, RATE, "pcm_s16le", session_id="s")
-        await _feed(session, np.concatenate([LEAD, speech(*HARD), GAP]))
-        await session.finish()
-        events.extend(_drain(session))
-
-    _run(rec, scenario)
+    events = _stream(rec, np.concatenate([LEAD, speech(*HARD), GAP]))
     (final,) = _of(events, "final")
     assert final["escalated"] and final["reason"] == "early_pilot"
     assert (
@@ -218,15 +216,9 @@ def test_early_escalation_streams_audio_before_the_end_of_speech(tmp_path: Path)
 def test_offramp_stops_a_hopeless_final_and_sends_the_n_best(tmp_path: Path) -> None:
     model = FakeModel()
     cloud = FakeEscalator("cloud words")
-    events: list[dict[str, Any]] = []
-
-    async def scenario(rec: Recognizer) -> None:
-        session = Session(rec, RATE, "pcm_s16le", session_id="s")
-        await _feed(session, np.concatenate([LEAD, speech(*HARD), GAP]))
-        await session.finish()
-        events.extend(_drain(session))
-
-    _run(_rec(tmp_path, model, cloud, pilot=False, edge_n_best=3), scenario)
+    events = _stream(
+        _rec(tmp_path, model, cloud, pilot=False, edge_n_best=3), np.concatenate([LEAD, speech(*HARD), GAP])
+    )
     (final,) = _of(events, "final")
     assert final["reason"] == "decode_stopped" and final["source"] == "cloud"
     assert final["edge_text"] == words_for(*HARD[:6])  # stopped after the policy's six tokens
@@ -276,15 +268,7 @@ def test_failed_decode_is_reported_and_the_session_goes_on(tmp_path: Path) -> No
 def test_native_streaming_stream_sees_every_sample_once_in_order(tmp_path: Path, speculative: bool) -> None:
     model = FakeModel(native_streaming=True, chunk_samples=BLOCK)
     audio = np.concatenate([LEAD, speech(*CONFIDENT), GAP])
-    events: list[dict[str, Any]] = []
-
-    async def scenario(rec: Recognizer) -> None:
-        session = Session(rec, RATE, "pcm_s16le", session_id="s")
-        await _feed(session, audio)
-        await session.finish()
-        events.extend(_drain(session))
-
-    _run(_rec(tmp_path, model, speculative=speculative), scenario)
+    events = _stream(_rec(tmp_path, model, speculative=speculative), audio)
     (stream,) = model.streams
     (final,) = _of(events, "final")
     start = round(final["start"] * RATE)
