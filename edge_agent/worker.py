@@ -1,9 +1,16 @@
 """One inference thread shared by every session, scheduled for PASU's pilot inference.
 
 Finals run first, in arrival order. A pilot runs only when no final waits, each session has at most
-one pilot pending (a newer offer replaces the older one, so pilots never queue behind each other),
-and a running pilot is asked to stop as soon as a final arrives (``final_waiting``), so pilots never
-delay a final by more than one decoder step. The choice of the next job is a pure function.
+one pilot pending (a newer offer replaces one still *waiting*, so pilots never queue behind each other),
+and a running pilot is asked to get out of the way as soon as a final arrives (``final_waiting``). The
+choice of the next job is a pure function.
+
+A pilot job is one ``AsrStream.advance()``, which reads the stream's position when it runs, so a
+replaced offer loses nothing: the newer one advances at least as far. Giving way is cooperative and the
+stream chooses its unit: a stateless re-decode (Moonshine) abandons its pilot after the current decoder
+step, a stateful stream (a cache-aware conformer) finishes the chunk it is encoding and keeps its caches
+consistent. A running job is never cut off from outside, and a pilot dropped at the end of an utterance
+costs nothing, because ``finalize()`` covers all the audio itself.
 """
 
 from __future__ import annotations
