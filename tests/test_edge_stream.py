@@ -23,6 +23,7 @@ from tests.speech import Clip, wer
 
 pytestmark = pytest.mark.model
 RATE = 16000
+PATIENT_S = 60.0  # a cloud deadline no loaded machine misses
 
 
 def _with_silence(audio: np.ndarray, before: float = 0.6, after: float = 1.2) -> np.ndarray:
@@ -48,7 +49,10 @@ def cloud_tiny(model_cache: str) -> Iterator[ThreadedCloud]:
 
 @pytest.fixture()
 def edge(edge_model: Any, cloud_tiny: ThreadedCloud, tmp_path: Path) -> Iterator[ThreadedEdge]:
-    server = ThreadedEdge(edge_settings(tmp_path, cloud_tiny.grpc_target), edge_model).start()
+    """An edge that waits for the cloud as long as it takes: these tests check the cloud's answers, and a
+    loaded 2-core machine can miss the live deadline (that path has tests of its own below)."""
+    settings = edge_settings(tmp_path, cloud_tiny.grpc_target, cloud_deadline_s=PATIENT_S)
+    server = ThreadedEdge(settings, edge_model).start()
     yield server
     server.stop()
 
@@ -128,18 +132,7 @@ def test_concurrent_clients(edge: ThreadedEdge, real_clips: list[Clip], tts_clip
     assert httpx.get(f"{edge.http}/health").json()["sessions"] == 0
 
 
-@pytest.fixture()
-def patient_edge(edge_model: Any, cloud_tiny: ThreadedCloud, tmp_path: Path) -> Iterator[ThreadedEdge]:
-    """An edge that waits for the cloud as long as it takes: what these tests check is the cloud's answer,
-    and a loaded 2-core machine can take longer than the live deadline (that path is tested on its own)."""
-    settings = edge_settings(tmp_path, cloud_tiny.grpc_target, cloud_deadline_s=60.0)
-    server = ThreadedEdge(settings, edge_model).start()
-    yield server
-    server.stop()
-
-
-def test_escalates_noisy_speech_but_not_clean(patient_edge: ThreadedEdge, tts_clips: list[Clip]) -> None:
-    edge = patient_edge
+def test_escalates_noisy_speech_but_not_clean(edge: ThreadedEdge, tts_clips: list[Clip]) -> None:
     clean_escalated, noisy_escalated = 0, 0
     clips = tts_clips[:6]
     for i, clip in enumerate(clips):
@@ -340,7 +333,7 @@ def test_early_escalation_streams_audio_before_end_of_speech(
 ) -> None:
     # Threshold 0: every pilot looks "hard", so the utterance goes to the cloud while it is spoken.
     settings = edge_settings(
-        tmp_path, cloud_tiny.grpc_target, escalation_threshold=0.0, cloud_deadline_s=60.0
+        tmp_path, cloud_tiny.grpc_target, escalation_threshold=0.0, cloud_deadline_s=PATIENT_S
     )
     edge = ThreadedEdge(settings, edge_model).start()
     try:

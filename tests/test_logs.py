@@ -40,7 +40,9 @@ def test_edge_and_cloud_lines_join_on_utterance_id(
 ) -> None:
     caplog.set_level(logging.INFO)
     cloud = ThreadedCloud(cloud_settings(model_cache, model="tiny.en")).start()
-    edge = ThreadedEdge(edge_settings(tmp_path, cloud.grpc_target, always_cloud=True), edge_model).start()
+    edge = ThreadedEdge(
+        edge_settings(tmp_path, cloud.grpc_target, always_cloud=True, cloud_deadline_s=60.0), edge_model
+    ).start()
     try:
         client = EdgeClient(edge.url)
         client.start()
