@@ -29,6 +29,7 @@ from edge_agent.confidence import (
     cloud_features,
     edge_features,
     fit_logistic,
+    pilot_agreement,
 )
 from edge_agent.settings import EdgeSettings
 
@@ -108,8 +109,7 @@ def collect(manifests: list[Path], settings: EdgeSettings, cloud_model: str, see
             assert pilot is not None  # only a waiting final makes a stream give way
             stream.accept(audio[cut:])
             final = stream.finalize()
-            verified = model.capabilities.prefix_verification and pilot.ids
-            agreement = final.reused_tokens / len(pilot.ids) if verified else 1.0
+            agreement = pilot_agreement(final, pilot, model.capabilities.prefix_verification)
             cloud = whisper.recognize(audio, RecognizeOptions(language="en", n_best=1))
             best = cloud.hypotheses[0] if cloud.hypotheses else None
             cloud_text = best.text if best else ""

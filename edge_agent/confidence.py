@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from edge_agent.asr.interface import TokenInfo
+from edge_agent.asr.interface import Decoded, TokenInfo
 
 log = logging.getLogger(__name__)
 CALIBRATION_VERSION = 1
@@ -77,6 +77,14 @@ def edge_features(
         "unfinished": 0.0 if finished else 1.0,
         "repetition": repetition([t.id for t in tokens]),
     }
+
+
+def pilot_agreement(decoded: Decoded, previous: Decoded | None, verifies: bool) -> float:
+    """Share of the previous pilot's tokens ``decoded`` kept; 1.0 without a pilot, or when the model does
+    not verify pilots (``Capabilities.prefix_verification``: its hypotheses only grow)."""
+    if not verifies or previous is None or not previous.ids:
+        return 1.0
+    return decoded.reused_tokens / len(previous.ids)
 
 
 def cloud_features(

@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-__all__ = ["Recognizer", "load_model"]
-
-
 class Recognizer:
     def __init__(
         self, settings: EdgeSettings, model: AsrModel | None = None, vad: VadModel | None = None

@@ -32,7 +32,7 @@ from edge_agent.audio.endpoint import (
     SpeechStart,
 )
 from edge_agent.audio.ring import RingBuffer
-from edge_agent.confidence import cloud_p_wrong
+from edge_agent.confidence import cloud_p_wrong, pilot_agreement
 from edge_agent.escalation.context import edge_context
 from edge_agent.offramp import EscalationPlan, Reason, choose, plan_escalation
 
@@ -259,10 +259,7 @@ class Session:
         self._after_audio()
 
     def _agreement(self, decoded: Decoded, previous: Decoded | None) -> float:
-        """Share of the previous pilot's tokens this hypothesis kept (1.0 when hypotheses only grow)."""
-        if not self.rec.model.capabilities.prefix_verification or previous is None or not previous.ids:
-            return 1.0
-        return decoded.reused_tokens / len(previous.ids)
+        return pilot_agreement(decoded, previous, self.rec.model.capabilities.prefix_verification)
 
     def _send_early(self, utt: Utterance, now: int) -> None:
         assert utt.early is not None

@@ -108,3 +108,14 @@ def test_word_error_rate_ignores_case_and_punctuation() -> None:
     assert word_error_rate("Go forward, ten meters.", "go forward ten meters") == 0.0
     assert word_error_rate("go forward ten meters", "go for ten meters") == 0.25
     assert word_error_rate("", "") == 0.0 and word_error_rate("", "noise") == 1.0
+
+
+def test_pilot_agreement() -> None:
+    from edge_agent.confidence import pilot_agreement
+
+    previous = _decoded("a b c d")
+    kept = Decoded(previous.tokens[:3], "a b c", True, 2, reused_tokens=3)
+    assert pilot_agreement(kept, previous, verifies=True) == 0.75
+    assert pilot_agreement(kept, previous, verifies=False) == 1.0  # hypotheses only grow
+    assert pilot_agreement(kept, None, verifies=True) == 1.0
+    assert pilot_agreement(kept, _decoded(""), verifies=True) == 1.0

@@ -9,6 +9,7 @@ piece (Moonshine hallucinates past ~30 s).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,12 +118,8 @@ class MoonshineStream:
         decoded = greedy_decode(model, encoded, pilot=prior, stop=lambda _: should_yield())
         if not decoded.finished and should_yield():
             return None  # gave way to a final; a half pilot is not worth publishing
-        result = Decoded(
-            decoded.tokens, decoded.text, decoded.finished, decoded.decoder_calls, decoded.reused_tokens,
-            samples=len(audio),
-        )  # fmt: skip
-        self._pilot = result
-        return result
+        self._pilot = dataclasses.replace(decoded, samples=len(audio))
+        return self._pilot
 
     def finalize(self, end: int | None = None, stop: StopCheck | None = None) -> Decoded:
         model = self._rec.model
