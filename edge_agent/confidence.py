@@ -239,7 +239,7 @@ class Calibration:
         """The calibration to use with ``model_name``: ``path`` if it was fitted on that model, else the
         file shipped for it. A file fitted on another model would put the thresholds in the wrong place,
         so it is replaced by the shipped one with a warning."""
-        from edge_agent.asr.registry import shipped_calibration
+        from edge_agent.asr.registry import family_calibration, shipped_calibration
 
         shipped = shipped_calibration(model_name)
         if path is not None:
@@ -261,9 +261,16 @@ class Calibration:
                 path, chosen.model, model_name, model_name,
             )  # fmt: skip
         if shipped is None:
-            raise ValueError(
-                f"no calibration ships for edge model {model_name}: fit one with `edge-agent calibrate`"
-            )
+            fallback = family_calibration(model_name)
+            if fallback is None:
+                raise ValueError(
+                    f"no calibration ships for edge model {model_name}: fit one with `edge-agent calibrate`"
+                )
+            log.warning(
+                "no calibration fitted on %s: using %s, fitted on its family's bundled model; its thresholds "
+                "may not suit this model (fit one with `edge-agent calibrate`)", model_name, fallback,
+            )  # fmt: skip
+            shipped = fallback
         return cls._parse(_shipped(shipped))
 
     @classmethod

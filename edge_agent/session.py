@@ -234,10 +234,12 @@ class Session:
             return
         end = utt.start + decoded.samples
         utt.pilot_agreement = self._agreement(decoded, utt.pilot)
+        # A streaming model advances through pauses too; an unchanged hypothesis is no news to the client.
+        changed = utt.pilot is None or decoded.text != utt.pilot.text
         utt.pilot, utt.pilot_end = decoded, end
         utt.pilots += 1
         self.rec.metrics.pilot_runs.inc()
-        if decoded.text:
+        if decoded.text and changed:
             self._emit(events.partial(utt.id, decoded.text, utt.start / RATE, end / RATE))
         offramps = self.rec.settings.offramps and not self.rec.settings.always_cloud
         if offramps and utt.early is None and self.rec.escalator is not None and self._utt is utt:

@@ -3,7 +3,11 @@
 Modes (one edge-agent process each, one shared cloud server, all started here on free ports):
 ``edge`` (no cloud), ``cloud`` (every utterance sent to the cloud), ``naive`` (no pilot, no speculation:
 decode after the endpoint fires, then threshold and escalate) and ``pasu`` (pilot inference, offramps,
-early escalation, per-utterance choice). ``--sweep`` replays the recorded confidences across thresholds
+early escalation, per-utterance choice). Two edge-only modes isolate late contextualization (PASU): in
+``late-ctx`` the pilot encodes audio as it arrives and the final only finishes it; in ``whole-enc`` the
+same model encodes the whole utterance after the endpoint (no pilot). Neither runs a speculative final,
+so their finalization latencies compare the encoder schedules alone. ``--edge-model`` picks the edge
+model (``EDGE_MODEL``) of every edge started. ``--sweep`` replays the recorded confidences across thresholds
 without decoding again.
 """
 
@@ -25,7 +29,11 @@ MODES: dict[str, list[str]] = {
     "cloud": ["--always-cloud"],
     "naive": ["--no-pilot", "--no-offramps", "--no-speculative"],
     "pasu": [],
+    "late-ctx": ["--no-speculative"],
+    "whole-enc": ["--no-pilot", "--no-speculative"],
 }
+EDGE_ONLY = ("edge", "late-ctx", "whole-enc")
+DEFAULT_MODES = ("edge", "cloud", "naive", "pasu")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "manifests", nargs="*", type=Path, help="NeMo manifests (audio_filepath, text, duration[, kind])"
     )
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=list(MODES))
     p.add_argument("--speed", type=float, default=1.0, help="1 = real time (latency figures need 1)")
     p.add_argument("--limit", type=int, default=0, help="only the first N utterances")
     p.add_argument("--out", type=Path, help="write the report (JSON) here")
@@ -48,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-offload", type=float, default=0.25, help="offload cap for the chosen threshold")
     p.add_argument("--benchmarks-md", type=Path, help="write the figures as a section of this Markdown file")
     p.add_argument("--cloud-model", default="base")
+    p.add_argument("--edge-model", help="EDGE_MODEL for the edges started here (default: the agent's)")
     p.add_argument("--threads", type=int, default=2, help="threads for the cloud model")
     p.add_argument(
         "--edge-url", help="use a running edge (ws://host:port/v1/stream) for the single mode given"
@@ -84,7 +93,7 @@ def run_modes(args: argparse.Namespace, utterances: list[Any], workdir: Path) ->
     records: dict[str, list[Any]] = {}
     resources: dict[str, Any] = {}
     cloud = None
-    if args.edge_url is None and args.cloud_target is None:
+    if args.edge_url is None and args.cloud_target is None and not set(args.modes) <= set(EDGE_ONLY):
         cloud = services.start_cloud(args.cloud_model, args.threads, workdir / "cloud.log")
         target, cloud_http = cloud.extra["grpc"], cloud.url
     else:
@@ -98,8 +107,9 @@ def run_modes(args: argparse.Namespace, utterances: list[Any], workdir: Path) ->
             else:
                 queue = workdir / f"{mode}-queue.sqlite3"
                 edge = services.start_edge(
-                    MODES[mode], "" if mode == "edge" else target, queue, workdir / "edge.log"
-                )
+                    MODES[mode], "" if mode in EDGE_ONLY else target, queue, workdir / "edge.log",
+                    model=args.edge_model,
+                )  # fmt: skip
                 url = edge.url.replace("http://", "ws://") + "/v1/stream"
             before = (
                 services.metric(services_text(cloud_http), "cloud_inference_seconds_sum")

@@ -107,9 +107,13 @@ def start_cloud(model: str, threads: int, log: Path) -> Service:
     return service
 
 
-def start_edge(args: list[str], cloud_target: str, queue: Path, log: Path) -> Service:
+def start_edge(
+    args: list[str], cloud_target: str, queue: Path, log: Path, model: str | None = None
+) -> Service:
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGE_LOG_LEVEL": "WARNING"}
+    if model:
+        env["EDGE_MODEL"] = model
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [

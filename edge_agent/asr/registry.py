@@ -45,8 +45,15 @@ def _load_moonshine(spec: ModelSpec, settings: EdgeSettings) -> AsrModel:
     )
 
 
+def _load_conformer(spec: ModelSpec, settings: EdgeSettings) -> AsrModel:
+    from edge_agent.asr.conformer.stream import load_conformer
+
+    return load_conformer(spec.path, settings.intra_op_threads)
+
+
 FAMILIES: dict[str, Family] = {
     "moonshine": Family(_load_moonshine, "offramp-v1.json", "moonshine-base"),
+    "conformer": Family(_load_conformer, "offramp-conformer-v1.json", "conformer-ctc-small"),
 }
 
 
@@ -78,3 +85,10 @@ def shipped_calibration(model_name: str) -> str | None:
         if family.model_name == model_name:
             return family.calibration
     return None
+
+
+def family_calibration(model_name: str) -> str | None:
+    """For a user's model of a family (named ``family:dir``): the file shipped for the family's bundled
+    model, a starting point until one is fitted on the user's model (``edge-agent calibrate``)."""
+    family, sep, _ = model_name.partition(":")
+    return FAMILIES[family].calibration if sep and family in FAMILIES else None

@@ -1,0 +1,273 @@
+"""Train the streaming conformer (CTC) on the synthesized speech, within a wall-clock budget.
+
+    python -m training.conformer.train --data .cache/conformer-data --out .cache/conformer-train --minutes 100
+
+Features are the runtime's own numpy NeMo features (``edge_agent.asr.conformer.features``), so what the
+model learns on is exactly what the edge computes. Augmentation: speed perturbation, white or babble
+noise at random SNRs, a noise floor, SpecAugment. Each batch trains one chunk size of the config
+(multi-look-ahead training, as NeMo's ``streaming_multi`` models), so one set of weights serves every
+chunk setting. Checkpoints every few minutes; ``--resume`` continues a run (schedule included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import soxr
+import torch
+import torch.nn.functional as F
+
+from edge_agent.asr.conformer.features import LOG_GUARD, log_mel
+from training.conformer.model import ConformerConfig, StreamingConformer
+
+RATE = 16000
+
+
+@dataclass
+class Clip:
+    audio: np.ndarray  # int16
+    text: str
+    ids: list[int]
+
+
+def load_set(path: Path, sp: spm.SentencePieceProcessor | None) -> list[Clip]:
+    data = np.load(path / "audio.npz")
+    pcm, offsets = data["pcm"], data["offsets"]
+    rows = [json.loads(line) for line in (path / "manifest.jsonl").read_text().splitlines()]
+    return [
+        Clip(pcm[offsets[i] : offsets[i + 1]], row["text"], sp.encode(row["text"]) if sp is not None else [])
+        for i, row in enumerate(rows)
+    ]
+
+
+def train_tokenizer(texts: Sequence[str], out: Path, vocab: int) -> spm.SentencePieceProcessor:
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = out / "corpus.txt"
+    corpus.write_text("\n".join(texts) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(out / "tokenizer"), vocab_size=vocab, model_type="unigram",
+        character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0, pad_id=-1, num_threads=2,
+    )  # fmt: skip
+    corpus.unlink()
+    return spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+
+
+def augment(clip: Clip, pool: Sequence[Clip], r: random.Random) -> np.ndarray:
+    audio = clip.audio.astype(np.float32) / 32768
+    if r.random() < 0.5:
+        speed = r.uniform(0.88, 1.12)
+        audio = soxr.resample(audio, RATE * speed, RATE).astype(np.float32)
+    rms = float(np.sqrt(np.mean(audio**2))) + 1e-6
+    kind = r.random()
+    if kind < 0.25:
+        snr = r.uniform(3, 30)
+        audio = audio + np.random.default_rng(r.getrandbits(32)).standard_normal(len(audio)).astype(
+            np.float32
+        ) * (rms / 10 ** (snr / 20))
+    elif kind < 0.45:
+        babble = np.zeros_like(audio)
+        for _ in range(r.randint(1, 3)):
+            other = pool[r.randrange(len(pool))].audio.astype(np.float32) / 32768
+            other = np.resize(other, len(audio))
+            babble += np.roll(other, r.randrange(len(audio)))
+        b_rms = float(np.sqrt(np.mean(babble**2))) + 1e-6
+        audio = audio + babble * (rms / b_rms / 10 ** (r.uniform(0, 20) / 20))
+    floor = 10 ** (r.uniform(-85, -55) / 20)
+    audio = (
+        audio
+        + np.random.default_rng(r.getrandbits(32)).standard_normal(len(audio)).astype(np.float32) * floor
+    )
+    return np.clip(audio * 10 ** (r.uniform(-8, 6) / 20), -1, 1)
+
+
+def spec_augment(feats: torch.Tensor, length: int, r: random.Random) -> None:
+    for _ in range(2):
+        width = r.randint(0, 12)
+        start = r.randint(0, feats.shape[0] - width)
+        feats[start : start + width, :length] = 0.0
+    for _ in range(2):
+        width = r.randint(0, min(20, max(1, length // 20)))
+        start = r.randint(0, max(0, length - width))
+        feats[:, start : start + width] = 0.0
+
+
+def batches(clips: Sequence[Clip], max_seconds: float, r: random.Random) -> Iterator[list[Clip]]:
+    """Length-bucketed batches in random order, each at most ``max_seconds`` of (padded) audio."""
+    order = sorted(range(len(clips)), key=lambda i: len(clips[i].audio) + r.randrange(RATE // 2))
+    out: list[list[Clip]] = []
+    batch: list[Clip] = []
+    longest = 0
+    for i in order:
+        clip = clips[i]
+        longest_next = max(longest, len(clip.audio))
+        if batch and longest_next * (len(batch) + 1) > max_seconds * RATE:
+            out.append(batch)
+            batch, longest_next = [], len(clip.audio)
+        batch.append(clip)
+        longest = longest_next
+    if batch:
+        out.append(batch)
+    r.shuffle(out)
+    yield from out
+
+
+def collate(
+    batch: Sequence[Clip], pool: Sequence[Clip], r: random.Random, train: bool
+) -> tuple[torch.Tensor, ...]:
+    feats = []
+    for clip in batch:
+        audio = augment(clip, pool, r) if train else clip.audio.astype(np.float32) / 32768
+        feats.append(torch.from_numpy(log_mel(audio)))
+    lengths = torch.tensor([f.shape[1] for f in feats])
+    # Pad with the features of digital silence (what the runtime pads a final chunk with).
+    x = torch.full((len(feats), feats[0].shape[0], int(lengths.max())), math.log(LOG_GUARD))
+    for i, f in enumerate(feats):
+        x[i, :, : f.shape[1]] = f
+        if train:
+            spec_augment(x[i], f.shape[1], r)
+    targets = torch.tensor([t for clip in batch for t in clip.ids], dtype=torch.long)
+    target_len = torch.tensor([len(clip.ids) for clip in batch])
+    return x, lengths, targets, target_len
+
+
+def greedy_text(logprobs: torch.Tensor, length: int, sp: spm.SentencePieceProcessor, blank: int) -> str:
+    ids = logprobs[:length].argmax(-1).tolist()
+    out = [t for i, t in enumerate(ids) if t != blank and (i == 0 or t != ids[i - 1])]
+    return str(sp.decode(out))
+
+
+def word_errors(ref: str, hyp: str) -> int:
+    a, b = ref.split(), hyp.split()
+    row = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        prev, row[0] = row[0], i
+        for j in range(1, len(b) + 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] != b[j - 1]))
+    return row[len(b)]
+
+
+def evaluate(
+    model: StreamingConformer, clips: Sequence[Clip], sp: spm.SentencePieceProcessor, chunk: int
+) -> float:
+    model.eval()
+    errors = words = 0
+    r = random.Random(0)
+    with torch.no_grad():
+        for start in range(0, len(clips), 16):
+            batch = list(clips[start : start + 16])
+            x, lengths, _, _ = collate(batch, batch, r, train=False)
+            logprobs, out_len = model(x, lengths, chunk)
+            for i, clip in enumerate(batch):
+                hyp = greedy_text(logprobs[i], int(out_len[i]), sp, model.cfg.vocab_size)
+                errors += word_errors(clip.text, hyp)
+                words += len(clip.text.split())
+    model.train()
+    return errors / max(1, words)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(".cache/conformer-data"))
+    parser.add_argument("--out", type=Path, default=Path(".cache/conformer-train"))
+    parser.add_argument("--minutes", type=float, default=100.0)
+    parser.add_argument("--batch-seconds", type=float, default=160.0)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=int, default=600)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    r = random.Random(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    texts = [
+        json.loads(line)["text"] for line in (args.data / "train" / "manifest.jsonl").read_text().splitlines()
+    ]
+    cfg = ConformerConfig()
+    if (args.out / "tokenizer.model").exists():
+        sp = spm.SentencePieceProcessor(model_file=str(args.out / "tokenizer.model"))
+    else:
+        sp = train_tokenizer(texts, args.out, cfg.vocab_size)
+    train = load_set(args.data / "train", sp)
+    dev = load_set(args.data / "test-seen-voices", sp)[:96]
+    print(f"train {len(train)} clips, {sum(len(c.audio) for c in train) / RATE / 3600:.2f} h", flush=True)
+    model = StreamingConformer(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=1e-3)
+    step, elapsed, epoch = 0, 0.0, 0
+    ckpt = args.out / "checkpoint.pt"
+    if args.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed, epoch = state["step"], state["elapsed"], state["epoch"]
+        print(f"resumed at step {step}, {elapsed / 60:.1f} min", flush=True)
+    budget = args.minutes * 60
+    started = time.monotonic() - elapsed
+    last_save = time.monotonic()
+    log = (args.out / "train.log").open("a")
+
+    def save() -> None:
+        state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                 "elapsed": time.monotonic() - started, "epoch": epoch, "config": cfg.to_dict()}  # fmt: skip
+        torch.save(state, args.out / "checkpoint.tmp")
+        (args.out / "checkpoint.tmp").replace(ckpt)
+
+    model.train()
+    done = False
+    while not done:
+        for batch in batches(train, args.batch_seconds, random.Random(args.seed * 1000 + epoch)):
+            frac = (time.monotonic() - started) / budget
+            if frac >= 1:
+                done = True
+                break
+            lr = (
+                args.lr
+                * min(1.0, (step + 1) / args.warmup)
+                * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+            )
+            for group in opt.param_groups:
+                group["lr"] = lr
+            chunk = r.choice(cfg.chunk_sizes)
+            x, lengths, targets, target_len = collate(batch, train, r, train=True)
+            logprobs, out_len = model(x, lengths, chunk)
+            loss = F.ctc_loss(
+                logprobs.transpose(0, 1), targets, out_len, target_len, blank=cfg.vocab_size,
+                reduction="mean", zero_infinity=True,
+            )  # fmt: skip
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            step += 1
+            if step % 25 == 0:
+                line = f"step {step} epoch {epoch} min {(time.monotonic() - started) / 60:.1f} lr {lr:.2e} loss {loss.item():.3f}"  # noqa: E501
+                print(line, flush=True)
+                log.write(line + "\n")
+                log.flush()
+            if time.monotonic() - last_save > 300:
+                save()
+                last_save = time.monotonic()
+            if step % 400 == 0:
+                wer = evaluate(model, dev, sp, 4)
+                line = f"step {step} dev WER (chunk 4) {wer:.3f}"
+                print(line, flush=True)
+                log.write(line + "\n")
+        else:
+            epoch += 1
+    save()
+    for chunk in cfg.chunk_sizes:
+        print(f"final dev WER chunk {chunk}: {evaluate(model, dev, sp, chunk):.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
