@@ -132,10 +132,14 @@ def markdown(results: list[dict[str, Any]], per_set: int) -> str:
         "|" + "---|" * (1 + 2 * len(results)),
     ]
     for name in sets:
-        row = [f"{r['sets'][name]['wer']:.1%}" for r in results] + [f"{r['sets'][name]['rtf']:.3f}" for r in results]
+        row = [f"{r['sets'][name]['wer']:.1%}" for r in results] + [
+            f"{r['sets'][name]['rtf']:.3f}" for r in results
+        ]
         lines.append(f"| {name} ({results[0]['sets'][name]['clips']}) | " + " | ".join(row) + " |")
     lines.append("")
-    lines.append("| model | size on disk | peak RSS | finalize call after the last audio p50 / p95 (seen-voices) |")
+    lines.append(
+        "| model | size on disk | peak RSS | finalize call after the last audio p50 / p95 (seen-voices) |"
+    )
     lines.append("|---|---|---|---|")
     for r in results:
         s = r["sets"]["seen-voices"]
@@ -172,7 +176,16 @@ def main() -> None:
         return
     results = []
     for model in args.models:
-        cmd = [sys.executable, __file__, "--worker", model, "--data", str(args.data), "--per-set", str(args.per_set)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            model,
+            "--data",
+            str(args.data),
+            "--per-set",
+            str(args.per_set),
+        ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
         result = json.loads(proc.stdout.strip().splitlines()[-1])

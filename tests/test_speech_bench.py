@@ -71,3 +71,25 @@ def test_speech_bench_smoke(tmp_path: Path, audio_dir: Path) -> None:
     assert "oracle WER" in done.stdout
     section = (tmp_path / "B.md").read_text()
     assert "| pasu |" in section and "| naive |" in section and "Oracle" in section and "Reproduce" in section
+
+
+def test_late_contextualization_modes_compare_the_same_model(tmp_path: Path, audio_dir: Path) -> None:
+    """late-ctx (encoder during ingestion) and whole-enc (encoder after the endpoint) run the same
+    conformer on the same clips: identical texts, and each mode reports its own finalization latency."""
+    manifest = audio_dir / "tts" / "manifest.jsonl"
+    out = tmp_path / "report.json"
+    script = Path(sys.executable).parent / "speech-bench"
+    done = subprocess.run(
+        [str(script), str(manifest), "--limit", "3", "--speed", "2", "--modes", "late-ctx", "whole-enc",
+         "--edge-model", "conformer", "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    modes = json.loads(out.read_text())["modes"]
+    assert set(modes) == {"late-ctx", "whole-enc"}
+    late, whole = modes["late-ctx"], modes["whole-enc"]
+    assert [r["text"] for r in late["records"]] == [r["text"] for r in whole["records"]]
+    assert late["offload"] == whole["offload"] == 0.0 and late["cloud_seconds"] == 0.0
+    for data in (late, whole):
+        assert data["finalize_ms"]["p50"] is not None and data["finalize_ms"]["p50"] >= 0
+        assert all(r["finalize_ms"] for r in data["records"])

@@ -68,19 +68,19 @@ def augment(clip: Clip, pool: Sequence[Clip], r: random.Random) -> np.ndarray:
         audio = soxr.resample(audio, RATE * speed, RATE).astype(np.float32)
     rms = float(np.sqrt(np.mean(audio**2))) + 1e-6
     kind = r.random()
-    if kind < 0.25:
+    if kind < 0.15:
         snr = r.uniform(3, 30)
         audio = audio + np.random.default_rng(r.getrandbits(32)).standard_normal(len(audio)).astype(
             np.float32
         ) * (rms / 10 ** (snr / 20))
-    elif kind < 0.45:
+    elif kind < 0.3:
         babble = np.zeros_like(audio)
         for _ in range(r.randint(1, 3)):
             other = pool[r.randrange(len(pool))].audio.astype(np.float32) / 32768
             other = np.resize(other, len(audio))
             babble += np.roll(other, r.randrange(len(audio)))
         b_rms = float(np.sqrt(np.mean(babble**2))) + 1e-6
-        audio = audio + babble * (rms / b_rms / 10 ** (r.uniform(0, 20) / 20))
+        audio = audio + babble * (rms / b_rms / 10 ** (r.uniform(5, 20) / 20))
     floor = 10 ** (r.uniform(-85, -55) / 20)
     audio = (
         audio
