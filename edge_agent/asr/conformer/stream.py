@@ -13,7 +13,6 @@ pause leaves the stream free to go on if the speaker does.
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from edge_agent.asr.conformer.ctc import CtcGreedy, prefix_beam_search
 from edge_agent.asr.conformer.features import StreamingFeatures, log_mel_from
 from edge_agent.asr.conformer.onnx_model import CacheState, NemoCtcModel
 from edge_agent.asr.interface import Capabilities, Decoded, Hypothesis, StopCheck, TokenInfo, YieldCheck
+from edge_agent.asr.utterance_audio import UtteranceAudio
 
 HOP = 160
 KEPT_STATES = 12
@@ -79,11 +79,9 @@ class ConformerStream:
     def __init__(self, rec: ConformerRecognizer) -> None:
         self.rec = rec
         self.model = rec.onnx
-        self._lock = threading.Lock()
-        self._pending: list[np.ndarray] = []
-        self._accepted = 0
+        self._audio = UtteranceAudio()
         # Inference-thread state from here on.
-        self._audio = np.zeros(0, np.float32)
+        self._fed = 0  # samples of _audio turned into feature frames
         self._features = StreamingFeatures(self.model.features)
         self._frames: list[np.ndarray] = []  # exact feature frames not yet behind the current window
         self._frame_base = 0  # global index of _frames[0]
@@ -98,24 +96,18 @@ class ConformerStream:
 
     @property
     def samples(self) -> int:
-        with self._lock:
-            return self._accepted
+        return self._audio.size
 
     def accept(self, audio: np.ndarray) -> None:
-        chunk = np.asarray(audio, dtype=np.float32).reshape(-1)
-        with self._lock:
-            self._pending.append(chunk)
-            self._accepted += len(chunk)
+        self._audio.append(audio)
 
     # -- inference thread ----------------------------------------------------------------
 
     def _drain(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        if not pending:
+        new = self._audio.read(start=self._fed)
+        if not len(new):
             return
-        new = np.concatenate(pending)
-        self._audio = np.concatenate([self._audio, new])
+        self._fed += len(new)
         frames = self._features.accept(new)
         if frames.shape[1]:
             self._frames.append(frames)
@@ -166,13 +158,13 @@ class ConformerStream:
     def _covered(self) -> int:
         # All audio taken in so far: every sample is in a feature frame or waiting for its window, and
         # the session schedules the next advance one chunk of audio after this point.
-        return len(self._audio)
+        return self._fed
 
     def finalize(self, end: int | None = None, stop: StopCheck | None = None) -> Decoded:
         self._drain()
-        end = len(self._audio) if end is None else max(0, min(end, len(self._audio)))
+        end = self._fed if end is None else max(0, min(end, self._fed))
         g = self.model.geometry
-        audio = self._audio[:end]
+        audio = self._audio.read(end)
         total = len(audio) // HOP
         # The last kept state whose windows lie entirely before ``end`` (their frames are the same
         # whether or not the signal ends there: every sample a frame covers precedes ``end``).

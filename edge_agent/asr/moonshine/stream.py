@@ -10,7 +10,6 @@ piece (Moonshine hallucinates past ~30 s).
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,41 +27,10 @@ from edge_agent.asr.moonshine.backend import Encoded
 from edge_agent.asr.moonshine.decoding import beam_nbest, greedy_decode, words_of
 from edge_agent.asr.moonshine.model import MoonshineFiles, MoonshineModel
 from edge_agent.asr.moonshine.ort_convert import default_model_dir, ensure_onnx_models
+from edge_agent.asr.utterance_audio import UtteranceAudio
 from edge_agent.audio.segmenter import split_long
 
 RATE = 16000
-
-
-class UtteranceAudio:
-    """A growing buffer of one utterance's audio: written by the event loop, read by the inference thread.
-
-    Capacity doubles as needed (no copy of everything per chunk); the lock makes a read see whole writes."""
-
-    def __init__(self, initial_samples: int = 4 * RATE) -> None:
-        self._data = np.zeros(initial_samples, dtype=np.float32)
-        self._size = 0
-        self._lock = threading.Lock()
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def append(self, audio: np.ndarray) -> None:
-        samples = np.asarray(audio, dtype=np.float32).reshape(-1)
-        with self._lock:
-            needed = self._size + samples.size
-            if needed > self._data.size:
-                grown = np.zeros(max(needed, 2 * self._data.size), dtype=np.float32)
-                grown[: self._size] = self._data[: self._size]
-                self._data = grown
-            self._data[self._size : needed] = samples
-            self._size = needed
-
-    def read(self, end: int | None = None) -> np.ndarray:
-        """A copy of samples ``[0, end)`` (all when None)."""
-        with self._lock:
-            stop = self._size if end is None else min(end, self._size)
-            return self._data[:stop].copy()
 
 
 class MoonshineRecognizer:
