@@ -20,7 +20,14 @@ import onnx
 import sentencepiece as spm
 import torch
 
-from training.conformer.model import PRE_ENCODE, ConformerConfig, StreamingConformer, StreamingStep
+from training.conformer.model import (
+    PRE_ENCODE,
+    ConformerConfig,
+    DecoderStep,
+    JointStep,
+    StreamingConformer,
+    StreamingStep,
+)
 
 INPUTS = ["audio_signal", "length", "cache_last_channel", "cache_last_time", "cache_last_channel_len"]
 OUTPUTS = ["logprobs", "encoded_lengths", "cache_last_channel_next", "cache_last_time_next",
@@ -47,9 +54,10 @@ def example_inputs(cfg: ConformerConfig, chunk: int) -> tuple[torch.Tensor, ...]
     )
 
 
-def metadata(cfg: ConformerConfig, chunk: int) -> dict[str, str]:
-    return {
-        "model_type": "EncDecCTCModelBPE",
+def metadata(cfg: ConformerConfig, chunk: int, transducer: bool = False) -> dict[str, str]:
+    extra = {"pred_rnn_layers": "1", "pred_hidden": str(cfg.pred_hidden)} if transducer else {}
+    return extra | {
+        "model_type": "EncDecHybridRNNTCTCBPEModel" if transducer else "EncDecCTCModelBPE",
         "version": "1",
         "model_author": "edge-cloud-asr",
         "comment": "cache-aware streaming FastConformer CTC trained on synthetic speech (training/conformer)",
@@ -68,24 +76,63 @@ def metadata(cfg: ConformerConfig, chunk: int) -> dict[str, str]:
     }
 
 
-def export_onnx(model: StreamingConformer, chunk: int, path: Path) -> None:
-    step = StreamingStep(model, chunk).eval()
-    batch = {"0": "batch"}
+def _set_metadata(path: Path, meta: dict[str, str]) -> None:
+    graph = onnx.load(str(path))
+    del graph.metadata_props[:]
+    for key, value in meta.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
+
+
+def export_onnx(model: StreamingConformer, chunk: int, path: Path, head: str = "ctc") -> None:
+    """The streaming step: with the CTC head (``model.onnx``) or the bare encoder (``encoder.onnx``)."""
+    step = StreamingStep(model, chunk, head).eval()
+    outputs = OUTPUTS if head == "ctc" else ["outputs", *OUTPUTS[1:]]
     torch.onnx.export(
         step,
         example_inputs(model.cfg, chunk),
         str(path),
         input_names=INPUTS,
-        output_names=OUTPUTS,
-        dynamic_axes={name: {0: "batch"} for name in INPUTS + OUTPUTS} if batch else None,
+        output_names=outputs,
+        dynamic_axes={name: {0: "batch"} for name in INPUTS + outputs},
         opset_version=17,
         dynamo=False,
     )
-    graph = onnx.load(str(path))
-    del graph.metadata_props[:]
-    for key, value in metadata(model.cfg, chunk).items():
-        graph.metadata_props.add(key=key, value=value)
-    onnx.save(graph, str(path))
+    _set_metadata(path, metadata(model.cfg, chunk, transducer=head != "ctc"))
+
+
+def export_transducer(model: StreamingConformer, chunk: int, out: Path) -> list[Path]:
+    """sherpa-onnx's NeMo transducer layout: encoder.onnx, decoder.onnx, joiner.onnx (fp32)."""
+    cfg = model.cfg
+    export_onnx(model, chunk, out / "encoder.onnx", head="encoder")
+    hidden = torch.zeros(1, 1, cfg.pred_hidden)
+    primer = torch.tensor([[cfg.vocab_size]], dtype=torch.int32)
+    torch.onnx.export(
+        DecoderStep(model).eval(),
+        (primer, torch.tensor([1], dtype=torch.int32), hidden, hidden),
+        str(out / "decoder.onnx"),
+        input_names=["targets", "target_length", "states.1", "onnx::LSTM_3"],
+        output_names=["outputs", "prednet_lengths", "states", "74"],
+        dynamic_axes={"targets": {0: "batch", 1: "tokens"}, "target_length": {0: "batch"},
+                      "states.1": {1: "batch"}, "onnx::LSTM_3": {1: "batch"},
+                      "outputs": {0: "batch", 2: "tokens"}, "prednet_lengths": {0: "batch"},
+                      "states": {1: "batch"}, "74": {1: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )  # fmt: skip
+    torch.onnx.export(
+        JointStep(model).eval(),
+        (torch.randn(1, cfg.d_model, 1), torch.randn(1, cfg.pred_hidden, 1)),
+        str(out / "joiner.onnx"),
+        input_names=["encoder_outputs", "decoder_outputs"],
+        output_names=["outputs"],
+        dynamic_axes={"encoder_outputs": {0: "batch", 2: "frames"},
+                      "decoder_outputs": {0: "batch", 2: "tokens"},
+                      "outputs": {0: "batch", 1: "frames", 2: "tokens"}},
+        opset_version=17,
+        dynamo=False,
+    )  # fmt: skip
+    return [out / "encoder.onnx", out / "decoder.onnx", out / "joiner.onnx"]
 
 
 def write_tokens(sp: spm.SentencePieceProcessor, path: Path) -> None:
@@ -113,17 +160,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--chunk", type=int, default=4, help="encoder frames per step (80 ms each)")
     parser.add_argument("--keep-fp32", action="store_true")
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--no-transducer", action="store_true", help="CTC graph only")
     args = parser.parse_args(argv)
     model = load_checkpoint(args.train / "checkpoint.pt")
     if args.chunk not in model.cfg.chunk_sizes:
         raise SystemExit(f"chunk {args.chunk} was not trained (trained: {model.cfg.chunk_sizes})")
     args.out.mkdir(parents=True, exist_ok=True)
-    fp32 = args.out / "model.onnx"
-    export_onnx(model, args.chunk, fp32)
+    graphs = [args.out / "model.onnx"]
+    export_onnx(model, args.chunk, graphs[0])
+    if model.cfg.rnnt and not args.no_transducer:
+        graphs += export_transducer(model, args.chunk, args.out)
     if not args.no_int8:
-        quantize(fp32, args.out / "model.int8.onnx")
-        if not args.keep_fp32:
-            fp32.unlink()
+        for fp32 in graphs:
+            quantize(fp32, fp32.with_suffix(".int8.onnx"))
+            if not args.keep_fp32:
+                fp32.unlink()
     write_tokens(
         spm.SentencePieceProcessor(model_file=str(args.train / "tokenizer.model")), args.out / "tokens.txt"
     )

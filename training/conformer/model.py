@@ -31,7 +31,7 @@ PRE_ENCODE = 9  # feature frames in front of each chunk: 8 * DROP - 7 (the subsa
 @dataclass(frozen=True)
 class ConformerConfig:
     n_mels: int = 80
-    vocab_size: int = 512  # without blank; blank is vocab_size
+    vocab_size: int = 256  # without blank; blank is vocab_size
     d_model: int = 144
     n_layers: int = 8
     n_heads: int = 4
@@ -41,6 +41,9 @@ class ConformerConfig:
     left_context: int = 64  # encoder frames (80 ms each)
     chunk_sizes: tuple[int, ...] = (2, 4, 8)  # encoder frames per streaming step (look-ahead = S - 1)
     dropout: float = 0.1
+    rnnt: bool = True  # a transducer head beside the CTC head (NeMo's hybrid RNNT/CTC models)
+    pred_hidden: int = 256
+    joint_hidden: int = 256
 
     @property
     def max_chunk(self) -> int:
@@ -190,6 +193,35 @@ class Block(nn.Module):
         return x, kv[:, -left:], conv_in[:, :, -(self.conv.kernel - 1) :]
 
 
+class PredictionNet(nn.Module):
+    """NeMo's RNNTDecoder: embedding (blank as a zero pad) and a one-layer LSTM."""
+
+    def __init__(self, cfg: ConformerConfig) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab_size + 1, cfg.pred_hidden, padding_idx=cfg.vocab_size)
+        self.lstm = nn.LSTM(cfg.pred_hidden, cfg.pred_hidden, num_layers=1, batch_first=True)
+
+    def forward(
+        self, tokens: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        out, (h, c) = self.lstm(self.embed(tokens), state)
+        return out, (h, c)
+
+
+class Joint(nn.Module):
+    """NeMo's RNNTJoint: project both sides, add, ReLU, project to V + 1 logits (blank last)."""
+
+    def __init__(self, cfg: ConformerConfig) -> None:
+        super().__init__()
+        self.enc = nn.Linear(cfg.d_model, cfg.joint_hidden)
+        self.pred = nn.Linear(cfg.pred_hidden, cfg.joint_hidden)
+        self.out = nn.Linear(cfg.joint_hidden, cfg.vocab_size + 1)
+
+    def forward(self, enc: Tensor, pred: Tensor) -> Tensor:
+        """enc [B, T, d], pred [B, U, H] -> logits [B, T, U, V + 1]."""
+        return self.out(F.relu(self.enc(enc)[:, :, None] + self.pred(pred)[:, None]))
+
+
 class StreamingConformer(nn.Module):
     def __init__(self, cfg: ConformerConfig) -> None:
         super().__init__()
@@ -197,6 +229,9 @@ class StreamingConformer(nn.Module):
         self.sub = Subsampling(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ctc = nn.Linear(cfg.d_model, cfg.vocab_size + 1)
+        if cfg.rnnt:
+            self.prediction = PredictionNet(cfg)
+            self.joint = Joint(cfg)
 
     def chunk_mask(self, frames: int, chunk: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """(distance [T, T], allowed [T, T]) for chunked-limited attention over a whole utterance."""
@@ -225,6 +260,12 @@ class StreamingConformer(nn.Module):
         x, out_len = self.encode(feats, lengths, chunk)
         return F.log_softmax(self.ctc(x), dim=-1), out_len
 
+    def transducer_logits(self, encoded: Tensor, targets: Tensor) -> Tensor:
+        """encoded [B, T, d], targets [B, U] (padded) -> joint logits [B, T, U + 1, V + 1]."""
+        start = torch.full_like(targets[:, :1], self.cfg.vocab_size)  # blank primes the decoder
+        pred, _ = self.prediction(torch.cat([start, targets], dim=1))
+        return self.joint(encoded, pred)
+
 
 class StreamingStep(nn.Module):
     """One streaming step with NeMo's export signature (batch first, caches per layer).
@@ -235,10 +276,11 @@ class StreamingStep(nn.Module):
     cache_last_channel_next_len
     """
 
-    def __init__(self, model: StreamingConformer, chunk: int) -> None:
+    def __init__(self, model: StreamingConformer, chunk: int, head: str = "ctc") -> None:
         super().__init__()
         self.model = model
         self.chunk = chunk
+        self.head = head  # "ctc": log-probs [B, S, V + 1]; "encoder": encoder outputs [B, d, S]
         left = model.cfg.left_context
         q = torch.arange(chunk)
         k = torch.arange(left + chunk)
@@ -267,7 +309,39 @@ class StreamingStep(nn.Module):
             )
             next_ch.append(ch)
             next_t.append(t)
-        logprobs = F.log_softmax(self.model.ctc(x), dim=-1)
+        out = F.log_softmax(self.model.ctc(x), dim=-1) if self.head == "ctc" else x.transpose(1, 2)
         encoded = torch.clamp(subsampled_length(length), max=self.chunk)
         next_len = torch.clamp(cache_last_channel_len + self.chunk, max=left)
-        return logprobs, encoded, torch.stack(next_ch, 1), torch.stack(next_t, 1), next_len
+        return out, encoded, torch.stack(next_ch, 1), torch.stack(next_t, 1), next_len
+
+
+class DecoderStep(nn.Module):
+    """The prediction net with sherpa-onnx's NeMo decoder signature (``decoder.onnx``).
+
+    inputs: targets [B, U] int32, target_length [B] int32, h [1, B, H], c [1, B, H]
+    outputs: decoder outputs [B, H, U], prednet_lengths [B], h', c'
+    """
+
+    def __init__(self, model: StreamingConformer) -> None:
+        super().__init__()
+        self.prediction = model.prediction
+
+    def forward(
+        self, targets: Tensor, target_length: Tensor, h: Tensor, c: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out, (h2, c2) = self.prediction(targets.long(), (h, c))
+        return out.transpose(1, 2), target_length, h2, c2
+
+
+class JointStep(nn.Module):
+    """The joint with sherpa-onnx's NeMo joiner signature (``joiner.onnx``): raw logits, blank last.
+
+    inputs: encoder_outputs [B, d, T], decoder_outputs [B, H, U] -> logits [B, T, U, V + 1]
+    """
+
+    def __init__(self, model: StreamingConformer) -> None:
+        super().__init__()
+        self.joint = model.joint
+
+    def forward(self, encoder_outputs: Tensor, decoder_outputs: Tensor) -> Tensor:
+        return self.joint(encoder_outputs.transpose(1, 2), decoder_outputs.transpose(1, 2))

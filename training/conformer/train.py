@@ -17,6 +17,7 @@ import math
 import random
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 from edge_agent.asr.conformer.features import LOG_GUARD, log_mel
 from training.conformer.model import ConformerConfig, StreamingConformer
+from training.conformer.rnnt_loss import rnnt_loss
 
 RATE = 16000
 
@@ -134,8 +136,11 @@ def collate(
         x[i, :, : f.shape[1]] = f
         if train:
             spec_augment(x[i], f.shape[1], r)
-    targets = torch.tensor([t for clip in batch for t in clip.ids], dtype=torch.long)
     target_len = torch.tensor([len(clip.ids) for clip in batch])
+    # Padded [B, U] targets (CTC takes them padded too; the pad never enters either loss).
+    targets = torch.zeros(len(batch), max(1, int(target_len.max())), dtype=torch.long)
+    for i, clip in enumerate(batch):
+        targets[i, : len(clip.ids)] = torch.tensor(clip.ids, dtype=torch.long)
     return x, lengths, targets, target_len
 
 
@@ -155,8 +160,27 @@ def word_errors(ref: str, hyp: str) -> int:
     return row[len(b)]
 
 
+def transducer_greedy(model: StreamingConformer, encoded: torch.Tensor, max_symbols: int = 10) -> list[int]:
+    """RNN-T greedy over one utterance's frames [T, d] (the runtime's algorithm, for dev WER)."""
+    blank = model.cfg.vocab_size
+    pred, state = model.prediction(torch.tensor([[blank]]))
+    out: list[int] = []
+    for t in range(encoded.shape[0]):
+        for _ in range(max_symbols):
+            token = int(model.joint(encoded[None, t : t + 1], pred)[0, 0, 0].argmax())
+            if token == blank:
+                break
+            out.append(token)
+            pred, state = model.prediction(torch.tensor([[token]]), state)
+    return out
+
+
 def evaluate(
-    model: StreamingConformer, clips: Sequence[Clip], sp: spm.SentencePieceProcessor, chunk: int
+    model: StreamingConformer,
+    clips: Sequence[Clip],
+    sp: spm.SentencePieceProcessor,
+    chunk: int,
+    transducer: bool = False,
 ) -> float:
     model.eval()
     errors = words = 0
@@ -165,9 +189,13 @@ def evaluate(
         for start in range(0, len(clips), 16):
             batch = list(clips[start : start + 16])
             x, lengths, _, _ = collate(batch, batch, r, train=False)
-            logprobs, out_len = model(x, lengths, chunk)
+            encoded, out_len = model.encode(x, lengths, chunk)
+            logprobs = F.log_softmax(model.ctc(encoded), dim=-1)
             for i, clip in enumerate(batch):
-                hyp = greedy_text(logprobs[i], int(out_len[i]), sp, model.cfg.vocab_size)
+                if transducer:
+                    hyp = str(sp.decode(transducer_greedy(model, encoded[i, : int(out_len[i])])))
+                else:
+                    hyp = greedy_text(logprobs[i], int(out_len[i]), sp, model.cfg.vocab_size)
                 errors += word_errors(clip.text, hyp)
                 words += len(clip.text.split())
     model.train()
@@ -185,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rnnt-weight", type=float, default=0.5, help="transducer loss weight (CTC's is 1)")
+    parser.add_argument(
+        "--rnnt-every", type=int, default=2, help="transducer loss on every Nth batch (it costs ~40%%)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -224,12 +256,25 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     model.train()
     done = False
+    # Features for the next batch are computed on a second thread while this one trains (numpy and
+    # soxr release the GIL), each batch with its own seeded generator.
+    prefetch = ThreadPoolExecutor(1)
+
+    def prepare(batch: list[Clip], seed: int) -> tuple[int, tuple[torch.Tensor, ...]]:
+        rb = random.Random(seed)
+        return rb.choice(cfg.chunk_sizes), collate(batch, train, rb, train=True)
+
     while not done:
-        for batch in batches(train, args.batch_seconds, random.Random(args.seed * 1000 + epoch)):
+        order = list(batches(train, args.batch_seconds, random.Random(args.seed * 1000 + epoch)))
+        pending = prefetch.submit(prepare, order[0], r.getrandbits(32)) if order else None
+        for k in range(len(order)):
             frac = (time.monotonic() - started) / budget
-            if frac >= 1:
+            if frac >= 1 or pending is None:
                 done = True
                 break
+            chunk, (x, lengths, targets, target_len) = pending.result()
+            more = k + 1 < len(order)
+            pending = prefetch.submit(prepare, order[k + 1], r.getrandbits(32)) if more else None
             lr = (
                 args.lr
                 * min(1.0, (step + 1) / args.warmup)
@@ -237,20 +282,25 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             for group in opt.param_groups:
                 group["lr"] = lr
-            chunk = r.choice(cfg.chunk_sizes)
-            x, lengths, targets, target_len = collate(batch, train, r, train=True)
-            logprobs, out_len = model(x, lengths, chunk)
+            encoded, out_len = model.encode(x, lengths, chunk)
+            logprobs = F.log_softmax(model.ctc(encoded), dim=-1)
             loss = F.ctc_loss(
                 logprobs.transpose(0, 1), targets, out_len, target_len, blank=cfg.vocab_size,
                 reduction="mean", zero_infinity=True,
             )  # fmt: skip
+            ctc_value = loss.item()
+            if cfg.rnnt and args.rnnt_weight > 0 and step % args.rnnt_every == 0:
+                logits = model.transducer_logits(encoded, targets)
+                transducer = rnnt_loss(logits, targets, out_len, target_len, cfg.vocab_size)
+                # Per-token scale, like the CTC loss's "mean" reduction, so the weights compare.
+                loss = loss + args.rnnt_weight * transducer / target_len.float().mean()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             step += 1
             if step % 25 == 0:
-                line = f"step {step} epoch {epoch} min {(time.monotonic() - started) / 60:.1f} lr {lr:.2e} loss {loss.item():.3f}"  # noqa: E501
+                line = f"step {step} epoch {epoch} min {(time.monotonic() - started) / 60:.1f} lr {lr:.2e} loss {loss.item():.3f} ctc {ctc_value:.3f}"  # noqa: E501
                 print(line, flush=True)
                 log.write(line + "\n")
                 log.flush()
@@ -260,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             if step % 400 == 0:
                 wer = evaluate(model, dev, sp, 4)
                 line = f"step {step} dev WER (chunk 4) {wer:.3f}"
+                if cfg.rnnt and step % 1200 == 0:
+                    line += f" transducer (24 clips) {evaluate(model, dev[:24], sp, 4, transducer=True):.3f}"
                 print(line, flush=True)
                 log.write(line + "\n")
         else:
@@ -267,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     save()
     for chunk in cfg.chunk_sizes:
         print(f"final dev WER chunk {chunk}: {evaluate(model, dev, sp, chunk):.3f}", flush=True)
+        if cfg.rnnt:
+            wer = evaluate(model, dev, sp, chunk, transducer=True)
+            print(f"final dev WER chunk {chunk} (transducer): {wer:.3f}", flush=True)
 
 
 if __name__ == "__main__":
