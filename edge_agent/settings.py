@@ -46,6 +46,10 @@ class EdgeSettings(BaseSettings):
     """Where the rebuilt (optimizable) ONNX graphs are cached."""
     max_chunk_s: float = Field(default=25.0, gt=1.0, le=28.0)
     """Moonshine: audio longer than this is split at low-energy points before decoding."""
+    conformer_head: Literal["auto", "ctc", "rnnt"] = "auto"
+    """Conformer: which decoder head runs. A hybrid RNNT/CTC export (the bundled model, NeMo's
+    ``*_hybrid_*`` models) ships both: ``ctc`` (``model.onnx``: greedy, prefix-beam n-best) or ``rnnt``
+    (``encoder``/``decoder``/``joiner.onnx``: greedy, no n-best); ``auto`` takes CTC when present."""
 
     # -- VAD / endpointing ---------------------------------------------------------------
     vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)

@@ -74,7 +74,10 @@ def worker(model_name: str, data: Path, per_set: int) -> dict[str, Any]:
     from edge_agent.settings import EdgeSettings
     from speech_bench.scoring import corpus_wer
 
-    settings = EdgeSettings(model=model_name, model_cache_dir=ROOT / ".cache" / "edge-models")
+    family, _, head = model_name.partition("/")  # "conformer/rnnt": the bundled model's transducer head
+    settings = EdgeSettings(
+        model=family, conformer_head=head or "auto", model_cache_dir=ROOT / ".cache" / "edge-models"
+    )
     model = load_model(settings)
     streaming = model.capabilities.native_streaming
     out: dict[str, Any] = {"model": model.name, "sets": {}}
@@ -108,10 +111,11 @@ def worker(model_name: str, data: Path, per_set: int) -> dict[str, Any]:
 
 
 def _size_mb(model: str) -> float:
-    if model == "conformer":
+    if model.startswith("conformer"):
         from edge_agent.asr.conformer.stream import BUNDLED
 
-        return sum(p.stat().st_size for p in BUNDLED.glob("*.onnx")) / 1e6
+        names = ["model"] if model == "conformer" else ["encoder", "decoder", "joiner"]
+        return sum((BUNDLED / f"{n}.int8.onnx").stat().st_size for n in names) / 1e6
     cache = ROOT / ".cache" / "edge-models"
     return sum(p.stat().st_size for p in cache.rglob("*.onnx")) / 1e6 if cache.exists() else float("nan")
 
@@ -123,10 +127,10 @@ def markdown(results: list[dict[str, Any]], per_set: int) -> str:
     lines = [
         "## Streaming conformer (bundled, int8) vs Moonshine base on held-out speech",
         "",
-        "`scripts/bench_conformer.py`, one run, both models on the same clips (up to "
-        f"{per_set} per set; sentences never trained on; 2 threads). The conformer streams 100 ms frames "
-        "with a pilot step after each and then finalizes; Moonshine finalizes whole clips. WER after "
-        "Whisper's English normalizer.",
+        "`scripts/bench_conformer.py`, one run, every model on the same clips (up to "
+        f"{per_set} per set; sentences never trained on; 2 threads). The conformer (CTC head, and its "
+        "transducer head, `+rnnt`) streams 100 ms frames with a pilot step after each and then finalizes; "
+        "Moonshine finalizes whole clips. WER after Whisper's English normalizer.",
         "",
         head,
         "|" + "---|" * (1 + 2 * len(results)),
@@ -167,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / ".cache" / "conformer-data")
     parser.add_argument("--per-set", type=int, default=60)
-    parser.add_argument("--models", nargs="+", default=["conformer", "moonshine"])
+    parser.add_argument("--models", nargs="+", default=["conformer", "conformer/rnnt", "moonshine"])
     parser.add_argument("--benchmarks-md", type=Path)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_agent.asr.conformer.onnx_model import ModelFormatError, NemoCtcModel
+from edge_agent.asr.conformer.onnx_model import ModelFormatError, NemoStreamingModel
 from edge_agent.asr.conformer.stream import BUNDLED, BUNDLED_NAME, ConformerRecognizer, ConformerStream
 from edge_agent.asr.registry import load_model
 from edge_agent.settings import EdgeSettings
@@ -167,7 +167,7 @@ def test_missing_metadata_is_a_clear_error(tmp_path: Path) -> None:
     graph.metadata_props.extend(kept)
     onnx.save(graph, str(graph_path))
     with pytest.raises(ModelFormatError, match="window_size"):
-        NemoCtcModel(target)
+        NemoStreamingModel(target)
 
 
 def test_tokens_that_do_not_match_the_graph_are_a_clear_error(tmp_path: Path) -> None:
@@ -175,11 +175,16 @@ def test_tokens_that_do_not_match_the_graph_are_a_clear_error(tmp_path: Path) ->
     lines = (target / "tokens.txt").read_text().splitlines()
     (target / "tokens.txt").write_text("\n".join([*lines[:-1], "extra 512", "<blk> 513"]) + "\n")
     with pytest.raises(ModelFormatError, match="vocab_size"):
-        NemoCtcModel(target)
+        NemoStreamingModel(target)
 
 
-def test_a_transducer_directory_is_named_as_such(tmp_path: Path) -> None:
+def test_asking_for_a_head_the_directory_lacks_says_which_it_has(tmp_path: Path) -> None:
     for name in ("encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"):
         (tmp_path / name).write_bytes(b"")
-    with pytest.raises(ModelFormatError, match="transducer"):
-        NemoCtcModel(tmp_path)
+    with pytest.raises(ModelFormatError, match="holds a streaming transducer: set EDGE_CONFORMER_HEAD=rnnt"):
+        NemoStreamingModel(tmp_path, head="ctc")
+    # The transducer graphs are found, and an unreadable one is named, not a crash.
+    with pytest.raises(ModelFormatError, match=r"encoder\.onnx: onnxruntime cannot load it"):
+        NemoStreamingModel(tmp_path)
+    with pytest.raises(ModelFormatError, match=r"no model\.int8\.onnx or model\.onnx"):
+        NemoStreamingModel(tmp_path / "missing")

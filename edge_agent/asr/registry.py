@@ -48,7 +48,7 @@ def _load_moonshine(spec: ModelSpec, settings: EdgeSettings) -> AsrModel:
 def _load_conformer(spec: ModelSpec, settings: EdgeSettings) -> AsrModel:
     from edge_agent.asr.conformer.stream import load_conformer
 
-    return load_conformer(spec.path, settings.intra_op_threads)
+    return load_conformer(spec.path, settings.intra_op_threads, settings.conformer_head)
 
 
 FAMILIES: dict[str, Family] = {

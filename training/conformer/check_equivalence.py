@@ -1,10 +1,11 @@
 """Dev check: the exported streaming graph, run chunk by chunk with its caches by the edge's own runtime,
-equals the torch model's full-context forward under the same attention limits, for every chunk size.
+equals the torch model's full-context forward under the same attention limits, for every chunk size and
+both heads (CTC log-probs; the encoder outputs the transducer's joint reads).
 
     python -m training.conformer.check_equivalence --train .cache/conformer-train AUDIO.wav ...
 
 For each trained chunk size: export fp32 ONNX to a temporary directory, load it with
-``edge_agent.asr.conformer.onnx_model.NemoCtcModel``, step it over the utterance's features (padded with
+``edge_agent.asr.conformer.onnx_model.NemoStreamingModel``, step it over the utterance's features (padded with
 silence frames to whole windows, as the stream's final is), and compare the log-probabilities with
 ``StreamingConformer.forward`` on the same features. Exits non-zero past ``--tolerance``.
 """
@@ -24,8 +25,8 @@ import soxr
 import torch
 
 from edge_agent.asr.conformer.features import LOG_GUARD, log_mel
-from edge_agent.asr.conformer.onnx_model import NemoCtcModel
-from training.conformer.export import export_onnx, load_checkpoint
+from edge_agent.asr.conformer.onnx_model import NemoStreamingModel
+from training.conformer.export import export_onnx, export_transducer, load_checkpoint
 from training.conformer.model import PRE_ENCODE, ConformerConfig, StreamingConformer
 
 
@@ -35,13 +36,20 @@ def _features(path: Path) -> np.ndarray:
     return log_mel(soxr.resample(mono, rate, 16000) if rate != 16000 else mono)
 
 
-def max_difference(model: StreamingConformer, chunk: int, feats: np.ndarray, workdir: Path) -> float:
-    directory = workdir / f"chunk{chunk}"
+def max_difference(
+    model: StreamingConformer, chunk: int, feats: np.ndarray, workdir: Path, head: str = "ctc"
+) -> float:
+    """Largest |streamed - full| over the utterance: CTC log-probs, or (``head="rnnt"``) the encoder
+    outputs the transducer's joint reads."""
+    directory = workdir / f"chunk{chunk}-{head}"
     directory.mkdir()
-    export_onnx(model, chunk, directory / "model.onnx")
+    if head == "ctc":
+        export_onnx(model, chunk, directory / "model.onnx")
+    else:
+        export_transducer(model, chunk, directory)
     vocab = [f"t{i} {i}" for i in range(model.cfg.vocab_size)] + [f"<blk> {model.cfg.vocab_size}"]
     (directory / "tokens.txt").write_text("\n".join(vocab) + "\n")
-    runtime = NemoCtcModel(directory, threads=2)
+    runtime = NemoStreamingModel(directory, threads=2, head="ctc" if head == "ctc" else "rnnt")
     shift = 8 * chunk
     steps = max(1, math.ceil((feats.shape[1] - PRE_ENCODE) / shift))
     total = steps * shift + PRE_ENCODE
@@ -54,7 +62,10 @@ def max_difference(model: StreamingConformer, chunk: int, feats: np.ndarray, wor
         logprobs, state = runtime.step(padded[:, k * shift : k * shift + shift + PRE_ENCODE], state)
         streamed.append(logprobs)
     with torch.no_grad():
-        full, _ = model(torch.from_numpy(padded)[None], torch.tensor([total]), chunk)
+        if head == "ctc":
+            full, _ = model(torch.from_numpy(padded)[None], torch.tensor([total]), chunk)
+        else:
+            full, _ = model.encode(torch.from_numpy(padded)[None], torch.tensor([total]), chunk)
     stream = np.concatenate(streamed)
     reference = full[0].numpy()[: len(stream)]
     return float(np.abs(stream - reference).max())
@@ -74,15 +85,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        for chunk in model.cfg.chunk_sizes:
-            diffs = []
-            for i, path in enumerate(args.audio):
-                workdir = Path(tmp) / f"{chunk}-{i}"
-                workdir.mkdir()
-                diffs.append(max_difference(model, chunk, _features(path), workdir))
-            worst = max(worst, *diffs)
-            print(f"chunk {chunk} ({chunk * 80} ms, look-ahead {(chunk - 1) * 80} ms): max |streamed - full| "
-                  f"= {max(diffs):.2e} over {len(diffs)} utterances")  # fmt: skip
+        for head in ("ctc", "rnnt") if model.cfg.rnnt else ("ctc",):
+            what = "CTC log-probs" if head == "ctc" else "encoder outputs (transducer)"
+            for chunk in model.cfg.chunk_sizes:
+                diffs = []
+                for i, path in enumerate(args.audio):
+                    workdir = Path(tmp) / f"{chunk}-{i}"
+                    workdir.mkdir(exist_ok=True)
+                    diffs.append(max_difference(model, chunk, _features(path), workdir, head))
+                worst = max(worst, *diffs)
+                print(f"{what}, chunk {chunk} ({chunk * 80} ms, look-ahead {(chunk - 1) * 80} ms): "
+                      f"max |streamed - full| = {max(diffs):.2e} over {len(diffs)} utterances")  # fmt: skip
     if worst > args.tolerance:
         sys.exit(f"FAIL: {worst:.2e} > {args.tolerance:.0e}")
     print(f"OK: every setting within {args.tolerance:.0e}")

@@ -1,12 +1,17 @@
-"""A NeMo cache-aware streaming CTC model on onnxruntime, in the layout sherpa-onnx reads.
+"""A NeMo cache-aware streaming model on onnxruntime, in the layouts sherpa-onnx reads.
 
-A model directory holds ``model.onnx`` or ``model.int8.onnx`` (the encoder and CTC head in one graph)
-and ``tokens.txt``. The graph takes five inputs and returns five outputs, addressed by position as
-sherpa-onnx does (names vary between exporter versions; see ``docs/nemo-streaming-format.md`` §3):
+A model directory holds ``tokens.txt`` and either or both of
+- the streaming CTC layout: ``model.onnx`` or ``model.int8.onnx`` (the encoder and CTC head in one graph);
+- the streaming transducer layout: ``encoder.onnx``, ``decoder.onnx``, ``joiner.onnx`` (or their
+  ``.int8.onnx`` copies), NeMo's RNNT prediction net and joint exported on their own.
+A hybrid RNNT/CTC model may ship both; ``head`` picks one. The encoder step takes five inputs and
+returns five outputs, addressed by position as sherpa-onnx does (names vary between exporter versions;
+see ``docs/nemo-streaming-format.md`` §3 and §5):
 
     audio_signal [B, feat, window_size], length [B], cache_last_channel [B, N, C, D],
     cache_last_time [B, N, D, K], cache_last_channel_len [B]
-    -> logprobs [B, T, V + 1], encoded_lengths, and the three caches for the next step.
+    -> logprobs [B, T, V + 1] (CTC) or encoder outputs [B, D, T] (transducer), encoded_lengths,
+       and the three caches for the next step.
 
 The geometry (``window_size`` feature frames per step, ``chunk_shift`` frames advanced) and the cache
 shapes come from the graph's metadata (the keys sherpa-onnx's export scripts write). States are
@@ -18,6 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -32,6 +38,8 @@ REQUIRED_METADATA = (
     "cache_last_time_dim1", "cache_last_time_dim2", "cache_last_time_dim3",
 )  # fmt: skip
 GRAPH_FILES = ("model.int8.onnx", "model.onnx")
+TRANSDUCER_PARTS = ("encoder", "decoder", "joiner")
+Head = Literal["auto", "ctc", "rnnt"]
 
 
 @dataclass(frozen=True)
@@ -60,19 +68,59 @@ class CacheState:
 
 
 class ModelFormatError(ValueError):
-    """The directory is not a NeMo streaming CTC export this loader understands."""
+    """The directory is not a NeMo streaming export this loader understands."""
 
 
-def _find_graph(directory: Path) -> Path:
-    for name in GRAPH_FILES:
-        if (directory / name).is_file():
-            return directory / name
-    if (directory / "encoder.onnx").is_file() or (directory / "encoder.int8.onnx").is_file():
-        raise ModelFormatError(
-            f"{directory} holds a streaming transducer (encoder/decoder/joiner); this edge reads the "
-            "streaming CTC layout (model.onnx + tokens.txt): export the hybrid model with its CTC head"
+def _transducer_files(directory: Path) -> dict[str, Path] | None:
+    """encoder/decoder/joiner graphs (int8 copies preferred, as for the CTC graph), or None."""
+    found = {}
+    for part in TRANSDUCER_PARTS:
+        path = next(
+            (
+                directory / f"{part}{s}"
+                for s in (".int8.onnx", ".onnx")
+                if (directory / f"{part}{s}").is_file()
+            ),
+            None,
         )
-    raise ModelFormatError(f"{directory}: no {' or '.join(GRAPH_FILES)}")
+        if path is None:
+            return None
+        found[part] = path
+    return found
+
+
+def _find_graphs(directory: Path, head: Head) -> tuple[Literal["ctc", "rnnt"], dict[str, Path]]:
+    """Which head to run and its graphs: ``auto`` takes the CTC graph when there is one."""
+    ctc = next((directory / n for n in GRAPH_FILES if (directory / n).is_file()), None)
+    transducer = _transducer_files(directory)
+    if head in ("auto", "ctc") and ctc is not None:
+        return "ctc", {"model": ctc}
+    if head in ("auto", "rnnt") and transducer is not None:
+        return "rnnt", transducer
+    if head == "ctc":
+        raise ModelFormatError(
+            f"{directory}: no CTC graph ({' or '.join(GRAPH_FILES)}); this directory holds "
+            + ("a streaming transducer: set EDGE_CONFORMER_HEAD=rnnt" if transducer else "no model")
+        )
+    if head == "rnnt":
+        raise ModelFormatError(
+            f"{directory}: no transducer graphs (encoder, decoder and joiner .onnx"
+            + ("; this directory holds the CTC layout: set EDGE_CONFORMER_HEAD=ctc)" if ctc else ")")
+        )
+    raise ModelFormatError(
+        f"{directory}: no {' or '.join(GRAPH_FILES)} (CTC) and no encoder/decoder/joiner .onnx (transducer)"
+    )
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own unexported types for unreadable graphs
+        raise ModelFormatError(f"{path}: onnxruntime cannot load it: {exc}") from exc
 
 
 def _int(meta: dict[str, str], key: str, path: Path) -> int:
@@ -82,17 +130,19 @@ def _int(meta: dict[str, str], key: str, path: Path) -> int:
         raise ModelFormatError(f"{path}: metadata {key!r} missing or not an integer") from exc
 
 
-class NemoCtcModel:
-    """The shared, read-only model: one ``step`` per chunk, state in and state out."""
+class NemoStreamingModel:
+    """The shared, read-only model: one encoder ``step`` per chunk, state in and state out.
 
-    def __init__(self, directory: Path, threads: int = 2) -> None:
-        path = _find_graph(directory)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+    With the CTC head a step yields per-frame log-probs; with the transducer head, encoder frames that
+    ``TransducerGreedy`` decodes with the ``decoder`` and ``joiner`` sessions."""
+
+    def __init__(self, directory: Path, threads: int = 2, head: Head = "auto") -> None:
+        self.head, graphs = _find_graphs(directory, head)
+        path = graphs["model"] if self.head == "ctc" else graphs["encoder"]
         self.path = path
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = _session(path, threads)
+        self.decoder = _session(graphs["decoder"], 1) if self.head == "rnnt" else None
+        self.joiner = _session(graphs["joiner"], 1) if self.head == "rnnt" else None
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         missing = [k for k in REQUIRED_METADATA if k not in meta]
         if missing:
@@ -129,12 +179,59 @@ class NemoCtcModel:
                 f"{directory / 'tokens.txt'}: blank id {self.vocabulary.blank} "
                 f"!= vocab_size {self.vocab_size}"
             )
-        out_dim = outputs[0].shape[-1]
-        if isinstance(out_dim, int) and out_dim != self.vocab_size + 1:
-            raise ModelFormatError(f"{path}: output 0 has {out_dim} classes, expected vocab_size + 1")
+        if self.head == "ctc":
+            out_dim = outputs[0].shape[-1]
+            if isinstance(out_dim, int) and out_dim != self.vocab_size + 1:
+                raise ModelFormatError(f"{path}: output 0 has {out_dim} classes, expected vocab_size + 1")
+        else:
+            self._check_transducer(graphs)
         self.silence = np.full((self.geometry.feat_dim, 1), np.log(LOG_GUARD), np.float32)
         log.info("conformer %s: window %d, shift %d, caches %s / %s", path, self.geometry.window,
                  self.geometry.shift, self.cache_channel_shape, self.cache_time_shape)  # fmt: skip
+
+    def _check_transducer(self, graphs: dict[str, Path]) -> None:
+        assert self.decoder is not None and self.joiner is not None
+        dec_in, dec_out = self.decoder.get_inputs(), self.decoder.get_outputs()
+        if len(dec_in) != 4 or len(dec_out) != 4:
+            raise ModelFormatError(
+                f"{graphs['decoder']}: expected NeMo's prediction net (4 inputs: targets, target_length, "
+                f"h, c; 4 outputs), got {len(dec_in)} inputs and {len(dec_out)} outputs"
+            )
+        if len(self.joiner.get_inputs()) != 2 or len(self.joiner.get_outputs()) != 1:
+            raise ModelFormatError(f"{graphs['joiner']}: expected 2 inputs (encoder, decoder) and 1 output")
+        hidden = dec_in[2].shape[-1]
+        self.pred_hidden = hidden if isinstance(hidden, int) else 0
+        self.pred_layers = dec_in[2].shape[0] if isinstance(dec_in[2].shape[0], int) else 1
+        self.decoder_names = [i.name for i in dec_in]
+        self.joiner_names = [i.name for i in self.joiner.get_inputs()]
+        classes = self.joiner.get_outputs()[0].shape[-1]
+        if isinstance(classes, int) and classes != self.vocab_size + 1:
+            # TDT joints add duration logits after the tokens; their decoding is not implemented.
+            raise ModelFormatError(
+                f"{graphs['joiner']}: joint has {classes} outputs, expected vocab_size + 1 = "
+                f"{self.vocab_size + 1} (TDT models, which add durations, are not supported)"
+            )
+
+    def predict(
+        self, token: int, state: tuple[np.ndarray, np.ndarray] | None
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Prediction net on one token: (decoder output [1, H, 1], next LSTM state)."""
+        assert self.decoder is not None
+        if state is None:
+            zeros = np.zeros((self.pred_layers, 1, self.pred_hidden), np.float32)
+            state = (zeros, zeros)
+        feeds = dict(zip(self.decoder_names, (
+            np.array([[token]], np.int32), np.array([1], np.int32), state[0], state[1],
+        ), strict=True))  # fmt: skip
+        out, _, h, c = self.decoder.run(None, feeds)
+        return out, (h, c)
+
+    def joint(self, encoder: np.ndarray, decoder: np.ndarray) -> np.ndarray:
+        """Joint logits [T, V + 1] of encoder frames [T, D] against one decoder output [1, H, 1]."""
+        assert self.joiner is not None
+        feeds = dict(zip(self.joiner_names, (encoder.T[None].astype(np.float32), decoder), strict=True))
+        (logits,) = self.joiner.run(None, feeds)
+        return np.asarray(logits)[0, :, 0, :]
 
     def initial_state(self) -> CacheState:
         return CacheState(
@@ -144,7 +241,7 @@ class NemoCtcModel:
         )
 
     def step(self, features: np.ndarray, state: CacheState) -> tuple[np.ndarray, CacheState]:
-        """features [feat, window] -> (log-probs [frames, V + 1], next state)."""
+        """features [feat, window] -> (log-probs [frames, V + 1] or encoder frames [frames, D], state)."""
         if features.shape != (self.geometry.feat_dim, self.geometry.window):
             raise ValueError(
                 f"step expects features {(self.geometry.feat_dim, self.geometry.window)}, "
@@ -155,8 +252,7 @@ class NemoCtcModel:
             np.array([self.geometry.window], np.int64),
             state.channel, state.time, state.channel_len,
         ), strict=True))  # fmt: skip
-        logprobs, lengths, channel, time, channel_len = self.session.run(None, feeds)
-        frames = int(np.asarray(lengths).reshape(-1)[0]) if np.asarray(lengths).size else logprobs.shape[1]
-        return logprobs[0, : min(frames, logprobs.shape[1])], CacheState(
-            channel, time, np.asarray(channel_len)
-        )
+        out, lengths, channel, time, channel_len = self.session.run(None, feeds)
+        frames_out = out[0] if self.head == "ctc" else out[0].T  # encoder outputs are channels first
+        frames = int(np.asarray(lengths).reshape(-1)[0]) if np.asarray(lengths).size else len(frames_out)
+        return frames_out[: min(frames, len(frames_out))], CacheState(channel, time, np.asarray(channel_len))

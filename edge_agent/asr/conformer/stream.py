@@ -22,7 +22,8 @@ import numpy as np
 
 from edge_agent.asr.conformer.ctc import CtcGreedy, prefix_beam_search
 from edge_agent.asr.conformer.features import StreamingFeatures, log_mel_from
-from edge_agent.asr.conformer.onnx_model import CacheState, NemoCtcModel
+from edge_agent.asr.conformer.onnx_model import CacheState, Head, NemoStreamingModel
+from edge_agent.asr.conformer.transducer import TransducerGreedy
 from edge_agent.asr.interface import Capabilities, Decoded, Hypothesis, StopCheck, TokenInfo, YieldCheck
 from edge_agent.asr.utterance_audio import UtteranceAudio
 
@@ -31,17 +32,26 @@ KEPT_STATES = 12
 """Encoder states kept per stream to restart a final from (12 steps of 320 ms: ~4 s)."""
 
 
+FrameDecoder = CtcGreedy | TransducerGreedy
+"""Greedy search over the encoder step's frames: CTC log-probs, or transducer encoder outputs."""
+
+
+def new_decoder(model: NemoStreamingModel) -> FrameDecoder:
+    return CtcGreedy(model.vocabulary.blank) if model.head == "ctc" else TransducerGreedy(model)
+
+
 @dataclass(frozen=True)
 class _Checkpoint:
     steps: int
     state: CacheState
-    greedy: CtcGreedy
+    greedy: FrameDecoder
 
 
 class ConformerRecognizer:
-    """``AsrModel`` over a NeMo streaming CTC export (shared; streams hold all per-utterance state)."""
+    """``AsrModel`` over a NeMo streaming export, CTC or transducer head (shared; streams hold all
+    per-utterance state). The n-best comes from CTC prefix beam search; the transducer head has none."""
 
-    def __init__(self, model: NemoCtcModel, name: str, beam: int = 8) -> None:
+    def __init__(self, model: NemoStreamingModel, name: str, beam: int = 8) -> None:
         self.onnx = model
         self._name = name
         self.beam = beam
@@ -49,7 +59,7 @@ class ConformerRecognizer:
             native_streaming=True,
             chunk_samples=model.geometry.chunk_samples,
             prefix_verification=False,
-            n_best=True,
+            n_best=model.head == "ctc",
             max_audio_s=None,
         )
 
@@ -86,7 +96,7 @@ class ConformerStream:
         self._frames: list[np.ndarray] = []  # exact feature frames not yet behind the current window
         self._frame_base = 0  # global index of _frames[0]
         self._state = self.model.initial_state()
-        self._greedy = CtcGreedy(self.model.vocabulary.blank)
+        self._greedy: FrameDecoder = new_decoder(self.model)
         self._steps = 0
         self._checkpoints: deque[_Checkpoint] = deque(maxlen=KEPT_STATES)
         self._checkpoints.append(_Checkpoint(0, self._state, self._greedy.copy()))
@@ -119,9 +129,9 @@ class ConformerStream:
             return None
         return frames[:, start : start + g.window]
 
-    def _run_step(self, features: np.ndarray, state: CacheState, greedy: CtcGreedy) -> CacheState:
-        logprobs, state = self.model.step(features, state)
-        greedy.accept(logprobs)
+    def _run_step(self, features: np.ndarray, state: CacheState, greedy: FrameDecoder) -> CacheState:
+        frames, state = self.model.step(features, state)
+        greedy.accept(frames)
         self.encoder_steps += 1
         return state
 
@@ -130,7 +140,7 @@ class ConformerStream:
             self._frames = [np.concatenate(self._frames, axis=1)]
         return self._frames[0] if self._frames else np.zeros((self.model.geometry.feat_dim, 0), np.float32)
 
-    def _decoded(self, greedy: CtcGreedy, samples: int, finished: bool, stopped: bool = False) -> Decoded:
+    def _decoded(self, greedy: FrameDecoder, samples: int, finished: bool, stopped: bool = False) -> Decoded:
         tokens = tuple(t.to_info() for t in greedy.tokens)
         text = self.model.vocabulary.decode([t.id for t in tokens])
         return Decoded(tokens, text, finished, self.encoder_steps, 0, samples, stopped)
@@ -200,7 +210,7 @@ class ConformerStream:
             ):
                 stopped = True
                 break
-        self._last_logprobs = greedy.logprobs()
+        self._last_logprobs = greedy.logprobs() if isinstance(greedy, CtcGreedy) else None
         return self._decoded(greedy, end, not stopped, stopped)
 
     def n_best(self, n: int) -> list[Hypothesis]:
@@ -215,8 +225,10 @@ BUNDLED = Path(__file__).resolve().parents[2] / "models" / "conformer-ctc-small"
 BUNDLED_NAME = "conformer-ctc-small"
 
 
-def load_conformer(directory: Path | None, threads: int) -> ConformerRecognizer:
-    """The bundled conformer (``directory`` None) or a NeMo streaming CTC export in ``directory``."""
-    if directory is None:
-        return ConformerRecognizer(NemoCtcModel(BUNDLED, threads), BUNDLED_NAME)
-    return ConformerRecognizer(NemoCtcModel(directory, threads), f"conformer:{directory.resolve().name}")
+def load_conformer(directory: Path | None, threads: int, head: Head = "auto") -> ConformerRecognizer:
+    """The bundled conformer (``directory`` None) or a NeMo streaming export in ``directory``; ``head``
+    picks CTC or transducer where a hybrid model ships both (``auto``: CTC when present)."""
+    model = NemoStreamingModel(BUNDLED if directory is None else directory, threads, head)
+    name = BUNDLED_NAME if directory is None else f"conformer:{directory.resolve().name}"
+    # A calibration belongs to one head: the transducer's confidences are not the CTC head's.
+    return ConformerRecognizer(model, name if model.head == "ctc" else f"{name}+rnnt")
