@@ -32,6 +32,12 @@ class Family:
     """File name of the calibration shipped for this family's bundled model (``edge_agent/calibration``)."""
     model_name: str
     """``AsrModel.name`` of the bundled model (what shipped calibrations record)."""
+    variants: tuple[tuple[str, str], ...] = ()
+    """(name suffix, calibration file) for the bundled model's other decoders: a hybrid conformer run
+    with its transducer head is named ``<model_name>+rnnt`` and has confidences of its own."""
+
+    def calibration_for(self, suffix: str) -> str | None:
+        return self.calibration if not suffix else dict(self.variants).get(suffix)
 
 
 def _load_moonshine(spec: ModelSpec, settings: EdgeSettings) -> AsrModel:
@@ -53,7 +59,12 @@ def _load_conformer(spec: ModelSpec, settings: EdgeSettings) -> AsrModel:
 
 FAMILIES: dict[str, Family] = {
     "moonshine": Family(_load_moonshine, "offramp-v1.json", "moonshine-base"),
-    "conformer": Family(_load_conformer, "offramp-conformer-v1.json", "conformer-ctc-small"),
+    "conformer": Family(
+        _load_conformer,
+        "offramp-conformer-v1.json",
+        "conformer-small",
+        variants=(("+rnnt", "offramp-conformer-rnnt-v1.json"),),
+    ),
 }
 
 
@@ -82,13 +93,21 @@ def load_model(settings: EdgeSettings) -> AsrModel:
 def shipped_calibration(model_name: str) -> str | None:
     """The calibration file shipped for a model, by its name; None when none ships for it."""
     for family in FAMILIES.values():
-        if family.model_name == model_name:
-            return family.calibration
+        if model_name.startswith(family.model_name):
+            shipped = family.calibration_for(model_name[len(family.model_name) :])
+            if shipped is not None:
+                return shipped
     return None
 
 
 def family_calibration(model_name: str) -> str | None:
     """For a user's model of a family (named ``family:dir``): the file shipped for the family's bundled
     model, a starting point until one is fitted on the user's model (``edge-agent calibrate``)."""
-    family, sep, _ = model_name.partition(":")
-    return FAMILIES[family].calibration if sep and family in FAMILIES else None
+    family, sep, rest = model_name.partition(":")
+    if not sep or family not in FAMILIES:
+        return None
+    known = FAMILIES[family]
+    for suffix, _ in known.variants:
+        if rest.endswith(suffix):
+            return known.calibration_for(suffix)
+    return known.calibration

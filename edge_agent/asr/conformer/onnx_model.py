@@ -107,6 +107,11 @@ def _find_graphs(directory: Path, head: Head) -> tuple[Literal["ctc", "rnnt"], d
             f"{directory}: no transducer graphs (encoder, decoder and joiner .onnx"
             + ("; this directory holds the CTC layout: set EDGE_CONFORMER_HEAD=ctc)" if ctc else ")")
         )
+    if any(directory.glob("decoder_joint-*.onnx")):
+        raise ModelFormatError(
+            f"{directory}: NeMo's fused export (encoder-*.onnx + decoder_joint-*.onnx) is not read; export "
+            "the encoder, decoder and joint on their own (encoder.onnx, decoder.onnx, joiner.onnx; README)"
+        )
     raise ModelFormatError(
         f"{directory}: no {' or '.join(GRAPH_FILES)} (CTC) and no encoder/decoder/joiner .onnx (transducer)"
     )
@@ -167,7 +172,9 @@ class NemoStreamingModel:
         self.cache_time_shape = tuple(_int(meta, f"cache_last_time_dim{i}", path) for i in (1, 2, 3))
         normalize = meta.get("normalize_type", "")
         self.features = FeatureConfig(
-            n_mels=self.geometry.feat_dim, normalize="" if normalize == "NA" else normalize
+            # NeMo's "NA" and the "None" some export scripts write both mean no normalization.
+            n_mels=self.geometry.feat_dim,
+            normalize="" if normalize.strip().lower() in ("", "na", "none") else normalize,
         )
         if self.features.normalize:
             raise ModelFormatError(
