@@ -109,4 +109,4 @@ def test_health_names_the_conformer(edge_only: ThreadedEdge) -> None:
     import httpx
 
     health: dict[str, Any] = httpx.get(f"{edge_only.http}/health", timeout=10).json()
-    assert health["status"] == "ok" and health["model"] == "conformer-ctc-small"
+    assert health["status"] == "ok" and health["model"] == "conformer-small"

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from edge_agent.asr.registry import ModelSpec, load_model, parse_model_spec, shipped_calibration
+from edge_agent.asr.registry import (
+    ModelSpec,
+    family_calibration,
+    load_model,
+    parse_model_spec,
+    shipped_calibration,
+)
 from edge_agent.confidence import Calibration
 from edge_agent.settings import EdgeSettings
 from tests.fake_asr import write_calibration
@@ -46,6 +52,16 @@ def test_shipped_calibration_records_its_model() -> None:
     assert shipped_calibration("moonshine-base") == "offramp-v1.json"
     assert shipped_calibration("fake") is None
     assert Calibration.load().model == "moonshine-base"
+
+
+def test_each_head_of_the_bundled_conformer_has_its_calibration() -> None:
+    assert shipped_calibration("conformer-small") == "offramp-conformer-v1.json"
+    assert shipped_calibration("conformer-small+rnnt") == "offramp-conformer-rnnt-v1.json"
+    assert shipped_calibration("conformer-small+tdt") is None
+    # A user's export starts from the bundled model's calibration for the same head.
+    assert family_calibration("conformer:my-export") == "offramp-conformer-v1.json"
+    assert family_calibration("conformer:my-export+rnnt") == "offramp-conformer-rnnt-v1.json"
+    assert family_calibration("conformer-small") is None
 
 
 def test_calibration_of_another_model_falls_back_to_the_shipped_one(

@@ -1,7 +1,7 @@
 """Export a trained checkpoint as a NeMo-format streaming CTC model directory (sherpa-onnx layout).
 
     python -m training.conformer.export --train .cache/conformer-train \
-        --out edge_agent/models/conformer-ctc-small
+        --out edge_agent/models/conformer-small
 
 Writes ``model.onnx`` (fp32) and/or ``model.int8.onnx`` (dynamic int8, per channel) with NeMo's input and
 output names, the sherpa-onnx metadata keys (``window_size``, ``chunk_shift``, ``subsampling_factor``,

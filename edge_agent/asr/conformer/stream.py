@@ -221,8 +221,8 @@ class ConformerStream:
         return [Hypothesis(ids, vocab.decode(ids), logprob) for ids, logprob in beams]
 
 
-BUNDLED = Path(__file__).resolve().parents[2] / "models" / "conformer-ctc-small"
-BUNDLED_NAME = "conformer-ctc-small"
+BUNDLED = Path(__file__).resolve().parents[2] / "models" / "conformer-small"
+BUNDLED_NAME = "conformer-small"
 
 
 def load_conformer(directory: Path | None, threads: int, head: Head = "auto") -> ConformerRecognizer:
