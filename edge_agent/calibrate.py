@@ -168,15 +168,30 @@ def _threshold_at_precision(scores: np.ndarray, wrong: np.ndarray, precision: fl
     return float(max(scores.max(), floor))
 
 
-def fit(rows: list[Row], max_offload: float, source: str) -> tuple[Calibration, dict[str, float]]:
+def targets(rows: list[Row], labels: str) -> tuple[list[float], list[float]]:
+    """(edge, cloud) targets per clip: ``binary`` 1 when the text has any error; ``wer`` the clip's word
+    error rate capped at 1, for a weak model that errs on nearly every clip (binary labels are then
+    nearly all 1 and cannot rank clips; the error rate still can)."""
+    if labels == "binary":
+        return [float(r.edge_errors > 0) for r in rows], [float(r.cloud_errors > 0) for r in rows]
+    if labels == "wer":
+        return (
+            [min(1.0, r.edge_errors / max(1, r.words)) for r in rows],
+            [min(1.0, r.cloud_errors / max(1, r.words)) for r in rows],
+        )
+    raise ValueError(f"labels must be binary or wer, not {labels!r}")
+
+
+def fit(
+    rows: list[Row], max_offload: float, source: str, labels: str = "binary"
+) -> tuple[Calibration, dict[str, float]]:
     models = {r.model for r in rows}
     if len(models) > 1:
         raise SystemExit(f"the features come from several edge models ({', '.join(sorted(models))}): fit one")
-    edge_wrong = [int(r.edge_errors > 0) for r in rows]
-    cloud_wrong = [int(r.cloud_errors > 0) for r in rows]
-    final = fit_logistic([r.final for r in rows], edge_wrong, EDGE_FEATURES)
-    pilot = fit_logistic([r.pilot for r in rows], edge_wrong, EDGE_FEATURES)
-    cloud = fit_logistic([r.cloud for r in rows], cloud_wrong, CLOUD_FEATURES)
+    edge_target, cloud_target = targets(rows, labels)
+    final = fit_logistic([r.final for r in rows], edge_target, EDGE_FEATURES)
+    pilot = fit_logistic([r.pilot for r in rows], edge_target, EDGE_FEATURES)
+    cloud = fit_logistic([r.cloud for r in rows], cloud_target, CLOUD_FEATURES)
     p_final = np.array([final.probability(r.final) for r in rows])
     p_pilot = np.array([pilot.probability(r.pilot) for r in rows])
     p_cloud = np.array([cloud.probability(r.cloud) for r in rows])
@@ -186,7 +201,7 @@ def fit(rows: list[Row], max_offload: float, source: str) -> tuple[Calibration, 
         if offload <= max_offload and wer < best[0] - 1e-12:
             best = (wer, float(t), offload)
     wer, threshold, offload = best
-    wrong = np.asarray(edge_wrong, dtype=bool)
+    wrong = np.asarray([r.edge_errors > 0 for r in rows], dtype=bool)
     early = _threshold_at_precision(p_pilot, wrong, 0.8, threshold)
     stop = _threshold_at_precision(p_pilot, wrong, 0.95, early)
     words = sum(r.words for r in rows) or 1
@@ -228,6 +243,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--features", type=Path, help="read/write the per-clip features here (JSON lines)")
     parser.add_argument("--cloud-model", default="base")
     parser.add_argument("--max-offload", type=float, default=0.25)
+    parser.add_argument(
+        "--labels",
+        choices=("binary", "wer"),
+        default="binary",
+        help="what the confidence models predict: P(any word wrong), or the expected share of words wrong",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.manifests:
@@ -239,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         raise SystemExit("give manifests, or --features from an earlier run")
     source = ", ".join(sorted({r.manifest for r in rows})) + f"; {len(rows)} utterances"
-    calibration, report = fit(rows, args.max_offload, source)
+    calibration, report = fit(rows, args.max_offload, source, args.labels)
     calibration.save(args.out)
     print(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

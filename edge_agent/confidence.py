@@ -155,9 +155,10 @@ class LogisticModel:
 
 
 def fit_logistic(
-    rows: Sequence[dict[str, float]], labels: Sequence[int], features: Sequence[str], l2: float = 1e-2
+    rows: Sequence[dict[str, float]], labels: Sequence[float], features: Sequence[str], l2: float = 1e-2
 ) -> LogisticModel:
-    """L2-regularized logistic regression by Newton's method (a few features, a few hundred rows)."""
+    """L2-regularized logistic regression by Newton's method (a few features, a few hundred rows). Labels
+    may be fractional (cross-entropy against a soft target, e.g. a clip's word error rate)."""
     x = np.array([[row[f] for f in features] for row in rows], dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     mean = x.mean(axis=0)
