@@ -201,7 +201,11 @@ def fit(
         if offload <= max_offload and wer < best[0] - 1e-12:
             best = (wer, float(t), offload)
     wer, threshold, offload = best
-    wrong = np.asarray([r.edge_errors > 0 for r in rows], dtype=bool)
+    # Early escalation and stopping a final need a precise "the edge will lose": with binary labels, any
+    # error; with error-rate labels (nearly every clip has one), more errors than the cloud makes.
+    wrong = np.asarray(
+        [r.edge_errors > (0 if labels == "binary" else r.cloud_errors) for r in rows], dtype=bool
+    )
     early = _threshold_at_precision(p_pilot, wrong, 0.8, threshold)
     stop = _threshold_at_precision(p_pilot, wrong, 0.95, early)
     words = sum(r.words for r in rows) or 1
