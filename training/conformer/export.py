@@ -39,7 +39,7 @@ def load_checkpoint(path: Path) -> StreamingConformer:
     raw = dict(state["config"])
     raw["chunk_sizes"] = tuple(raw["chunk_sizes"])
     model = StreamingConformer(ConformerConfig(**raw))
-    model.load_state_dict(state["model"])
+    model.load_state_dict({k: v.float() for k, v in state["model"].items()})
     return model.eval()
 
 
@@ -162,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-int8", action="store_true")
     parser.add_argument("--no-transducer", action="store_true", help="CTC graph only")
     args = parser.parse_args(argv)
-    model = load_checkpoint(args.train / "checkpoint.pt")
+    # A training directory (checkpoint.pt) or a release (weights.pt: training/conformer/release)
+    ckpt = args.train / "checkpoint.pt"
+    model = load_checkpoint(ckpt if ckpt.exists() else args.train / "weights.pt")
     if args.chunk not in model.cfg.chunk_sizes:
         raise SystemExit(f"chunk {args.chunk} was not trained (trained: {model.cfg.chunk_sizes})")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -202,6 +203,15 @@ def evaluate(
     return errors / max(1, words)
 
 
+def release(model: StreamingConformer, tokenizer: Path, out: Path) -> None:
+    """Weights (fp16, no optimizer state: a few MB) and the tokenizer, enough to export the model or start
+    the next run from it (``--init``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().half() for k, v in model.state_dict().items()}
+    torch.save({"config": model.cfg.to_dict(), "model": weights}, out / "weights.pt")
+    shutil.copy(tokenizer, out / "tokenizer.model")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(".cache/conformer-data"))
@@ -212,6 +222,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=600)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help="start from released weights (a directory with weights.pt and tokenizer.model, e.g. "
+        "training/conformer/release): a new run with a fresh schedule, same vocabulary",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rnnt-weight", type=float, default=0.5, help="transducer loss weight (CTC's is 1)")
     parser.add_argument(
@@ -226,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         json.loads(line)["text"] for line in (args.data / "train" / "manifest.jsonl").read_text().splitlines()
     ]
     cfg = ConformerConfig()
+    if args.init is not None and not (args.out / "tokenizer.model").exists():
+        shutil.copy(args.init / "tokenizer.model", args.out / "tokenizer.model")
     if (args.out / "tokenizer.model").exists():
         sp = spm.SentencePieceProcessor(model_file=str(args.out / "tokenizer.model"))
     else:
@@ -234,6 +252,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     dev = load_set(args.data / "test-seen-voices", sp)[:96]
     print(f"train {len(train)} clips, {sum(len(c.audio) for c in train) / RATE / 3600:.2f} h", flush=True)
     model = StreamingConformer(cfg)
+    if args.init is not None and not args.resume:
+        released = torch.load(args.init / "weights.pt", weights_only=False)
+        if released["config"] != cfg.to_dict():
+            raise SystemExit(f"{args.init}: weights of another configuration ({released['config']})")
+        model.load_state_dict({k: v.float() for k, v in released["model"].items()})
+        print(f"initialized from {args.init}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=1e-3)
     step, elapsed, epoch = 0, 0.0, 0
     ckpt = args.out / "checkpoint.pt"
@@ -317,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             epoch += 1
     save()
+    release(model, args.out / "tokenizer.model", args.out / "release")
     for chunk in cfg.chunk_sizes:
         print(f"final dev WER chunk {chunk}: {evaluate(model, dev, sp, chunk):.3f}", flush=True)
         if cfg.rnnt:
