@@ -17,6 +17,7 @@ from edge_agent.settings import EdgeSettings
 from tests.edge_client import EdgeClient, pcm16
 from tests.servers import ThreadedCloud, ThreadedEdge, edge_settings
 from tests.speech import Clip, wer
+from tests.test_edge_stream import _noisy
 
 pytestmark = pytest.mark.model
 RATE = 16000
@@ -110,3 +111,34 @@ def test_health_names_the_conformer(edge_only: ThreadedEdge) -> None:
 
     health: dict[str, Any] = httpx.get(f"{edge_only.http}/health", timeout=10).json()
     assert health["status"] == "ok" and health["model"] == "conformer-small"
+
+
+def test_offramp_escalates_noisy_speech_more_than_clean(
+    conformer: ConformerRecognizer, cloud: ThreadedCloud, tts_clips: list[Clip], tmp_path: Path
+) -> None:
+    """The conformer's own calibration decides (no always_cloud): speech buried in noise (-3 dB SNR) goes
+    to the cloud, which then gives the final."""
+    settings = edge_settings(tmp_path, cloud.grpc_target, model="conformer", cloud_deadline_s=PATIENT_S)
+    server = ThreadedEdge(settings, conformer).start()
+    escalated = {False: 0, True: 0}
+    try:
+        for i, clip in enumerate(tts_clips[:4]):
+            for noisy in (False, True):
+                audio = _noisy(clip.samples(), -3.0, seed=i) if noisy else clip.samples()
+                client = EdgeClient(server.url)
+                client.start()
+                client.send_audio(pcm16(_speech_of(audio)))
+                client.stop(timeout=180)
+                for final in client.of("final"):
+                    if final["escalated"]:
+                        assert final["reason"] in ("low_confidence", "early_pilot", "decode_stopped")
+                        assert final["cloud_text"] is not None
+                escalated[noisy] += any(f["escalated"] for f in client.of("final"))
+    finally:
+        server.stop()
+    assert escalated[True] >= 3 and escalated[True] > escalated[False], escalated
+
+
+def _speech_of(audio: np.ndarray) -> np.ndarray:
+    silence = np.zeros(int(0.5 * RATE), np.float32)
+    return np.concatenate([silence, audio, np.zeros(int(1.2 * RATE), np.float32)])

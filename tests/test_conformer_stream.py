@@ -43,7 +43,7 @@ def test_bundled_model_reads_its_geometry_from_metadata(conformer: ConformerReco
     assert g.pre_encode == 9  # NeMo's pre-encode cache for 8x causal subsampling
     caps = conformer.capabilities
     assert caps.native_streaming and caps.chunk_samples == 32 * 160 and caps.n_best
-    assert conformer.onnx.vocabulary.blank == conformer.onnx.vocab_size == 512
+    assert conformer.onnx.vocabulary.blank == conformer.onnx.vocab_size == 256
 
 
 def test_chunked_encoding_equals_encoding_after_the_endpoint(
@@ -141,9 +141,9 @@ def test_wer_on_unseen_sentences(conformer: ConformerRecognizer, tts_clips: list
 
 
 # The bundled conformer is small and trained on synthetic voices only: on these sentences (names, numbers
-# it never heard; one voice it never heard) it measured 0.81 WER. A broken stream, feature or vocabulary
-# path gives ~1.0; BENCHMARKS.md has its accuracy on the held-out sets.
-WER_LIMIT = 0.9
+# it never heard; one voice it never heard) it measured 0.74 WER with its CTC head, 0.70 with its transducer.
+# A broken stream, feature or vocabulary path gives ~1.0; BENCHMARKS.md has its accuracy on the held-out sets.
+WER_LIMIT = 0.85
 
 
 def _copy_bundled(tmp_path: Path) -> Path:
@@ -173,7 +173,7 @@ def test_missing_metadata_is_a_clear_error(tmp_path: Path) -> None:
 def test_tokens_that_do_not_match_the_graph_are_a_clear_error(tmp_path: Path) -> None:
     target = _copy_bundled(tmp_path)
     lines = (target / "tokens.txt").read_text().splitlines()
-    (target / "tokens.txt").write_text("\n".join([*lines[:-1], "extra 512", "<blk> 513"]) + "\n")
+    (target / "tokens.txt").write_text("\n".join([*lines[:-1], "extra 256", "<blk> 257"]) + "\n")
     with pytest.raises(ModelFormatError, match="vocab_size"):
         NemoStreamingModel(target)
 
