@@ -191,12 +191,12 @@ class NemoStreamingModel:
             if isinstance(out_dim, int) and out_dim != self.vocab_size + 1:
                 raise ModelFormatError(f"{path}: output 0 has {out_dim} classes, expected vocab_size + 1")
         else:
-            self._check_transducer(graphs)
+            self._check_transducer(graphs, meta)
         self.silence = np.full((self.geometry.feat_dim, 1), np.log(LOG_GUARD), np.float32)
         log.info("conformer %s: window %d, shift %d, caches %s / %s", path, self.geometry.window,
                  self.geometry.shift, self.cache_channel_shape, self.cache_time_shape)  # fmt: skip
 
-    def _check_transducer(self, graphs: dict[str, Path]) -> None:
+    def _check_transducer(self, graphs: dict[str, Path], meta: dict[str, str]) -> None:
         assert self.decoder is not None and self.joiner is not None
         dec_in, dec_out = self.decoder.get_inputs(), self.decoder.get_outputs()
         if len(dec_in) != 4 or len(dec_out) != 4:
@@ -206,9 +206,17 @@ class NemoStreamingModel:
             )
         if len(self.joiner.get_inputs()) != 2 or len(self.joiner.get_outputs()) != 1:
             raise ModelFormatError(f"{graphs['joiner']}: expected 2 inputs (encoder, decoder) and 1 output")
-        hidden = dec_in[2].shape[-1]
-        self.pred_hidden = hidden if isinstance(hidden, int) else 0
-        self.pred_layers = dec_in[2].shape[0] if isinstance(dec_in[2].shape[0], int) else 1
+        # The LSTM state's shape: sherpa-onnx's metadata keys, else the graph's static state shape.
+        layers, _, hidden = dec_in[2].shape
+        for key, value in (("pred_rnn_layers", layers), ("pred_hidden", hidden)):
+            if key not in meta and not isinstance(value, int):
+                raise ModelFormatError(
+                    f"{self.path}: metadata {key!r} missing and the decoder's state is dynamic"
+                )
+        self.pred_layers = (
+            _int(meta, "pred_rnn_layers", self.path) if "pred_rnn_layers" in meta else int(layers)
+        )
+        self.pred_hidden = _int(meta, "pred_hidden", self.path) if "pred_hidden" in meta else int(hidden)
         self.decoder_names = [i.name for i in dec_in]
         self.joiner_names = [i.name for i in self.joiner.get_inputs()]
         classes = self.joiner.get_outputs()[0].shape[-1]
