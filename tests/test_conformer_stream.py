@@ -25,6 +25,14 @@ def conformer() -> ConformerRecognizer:
     return model
 
 
+@pytest.fixture(scope="module", params=["ctc", "rnnt"])
+def either_head(request: pytest.FixtureRequest) -> ConformerRecognizer:
+    """The bundled hybrid model with each of its heads (CTC; transducer)."""
+    model = load_model(EdgeSettings(model="conformer", conformer_head=request.param))
+    assert isinstance(model, ConformerRecognizer) and model.onnx.head == request.param
+    return model
+
+
 def _feed(stream: ConformerStream, audio: np.ndarray, frame: int, pilot: bool) -> list[str]:
     partials = []
     for i in range(0, len(audio), frame):
@@ -47,16 +55,16 @@ def test_bundled_model_reads_its_geometry_from_metadata(conformer: ConformerReco
 
 
 def test_chunked_encoding_equals_encoding_after_the_endpoint(
-    conformer: ConformerRecognizer, tts_clips: list[Clip]
+    either_head: ConformerRecognizer, tts_clips: list[Clip]
 ) -> None:
     """Late contextualization changes when the encoder runs, never what it computes."""
     audio = tts_clips[0].samples()
-    whole = conformer.create_stream()
+    whole = either_head.create_stream()
     _feed(whole, audio, len(audio), pilot=False)
     reference = whole.finalize()
     assert whole.encoder_steps >= len(audio) // (32 * 160)
     for frame in (512, 1600, 5120, 7000):
-        stream = conformer.create_stream()
+        stream = either_head.create_stream()
         partials = _feed(stream, audio, frame, pilot=True)
         steps_before = stream.encoder_steps
         final = stream.finalize()
@@ -70,24 +78,24 @@ def test_chunked_encoding_equals_encoding_after_the_endpoint(
 
 
 def test_finalize_is_exact_for_an_earlier_end_and_leaves_the_stream_going(
-    conformer: ConformerRecognizer, tts_clips: list[Clip]
+    either_head: ConformerRecognizer, tts_clips: list[Clip]
 ) -> None:
     a, b = tts_clips[1].samples(), tts_clips[2].samples()
     gap = np.zeros(RATE // 2, np.float32)
     audio = np.concatenate([a, gap, b])
     end = len(a) + len(gap) // 2
-    only_a = conformer.create_stream()
+    only_a = either_head.create_stream()
     _feed(only_a, audio[:end], 1600, pilot=True)
     expected = only_a.finalize()
-    stream = conformer.create_stream()
+    stream = either_head.create_stream()
     _feed(stream, audio, 1600, pilot=True)  # the pilot ran past ``end``
     assert stream.finalize(end).ids == expected.ids
     # A speculative final at the pause, then the speaker goes on: the later final covers both.
-    spec = conformer.create_stream()
+    spec = either_head.create_stream()
     _feed(spec, audio[:end], 1600, pilot=True)
     assert spec.finalize().ids == expected.ids
     _feed(spec, audio[end:], 1600, pilot=True)
-    full = conformer.create_stream()
+    full = either_head.create_stream()
     _feed(full, audio, len(audio), pilot=False)
     assert spec.finalize().ids == full.finalize().ids
 
@@ -129,11 +137,11 @@ def test_words_carry_confidences(conformer: ConformerRecognizer, tts_clips: list
     assert all(0.0 < c <= 1.0 for _, c in words)
 
 
-def test_wer_on_unseen_sentences(conformer: ConformerRecognizer, tts_clips: list[Clip]) -> None:
+def test_wer_on_unseen_sentences(either_head: ConformerRecognizer, tts_clips: list[Clip]) -> None:
     """Sentences the model never trained on (flite slt is a voice it never heard either)."""
     refs, hyps = [], []
     for clip in tts_clips:
-        stream = conformer.create_stream()
+        stream = either_head.create_stream()
         _feed(stream, clip.samples(), 1600, pilot=True)
         refs.append(clip.text)
         hyps.append(stream.finalize().text)
