@@ -55,6 +55,13 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="decode only after the endpoint fires (EDGE_SPECULATIVE)",
     )
     p.add_argument(
+        "--no-adaptive-endpoint",
+        dest="adaptive_endpoint",
+        action="store_const",
+        const=False,
+        help="end every utterance after min_silence_ms of silence (EDGE_ADAPTIVE_ENDPOINT)",
+    )
+    p.add_argument(
         "--always-cloud", action="store_const", const=True, help="send every utterance to the cloud"
     )
     p.add_argument("--mic", action="store_true", help="transcribe the default microphone instead of serving")

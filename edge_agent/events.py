@@ -58,6 +58,9 @@ class UtteranceSpan:
     """Why the utterance ended: the endpointer's reason (silence, max length, stream end)."""
     pilots: int
     """Pilots published for it."""
+    endpoint: str | None = None
+    """Adaptive endpointing's verdict on the pause that ended it (complete, incomplete, default); None
+    when a fixed silence, the length cap or the stream's end ended it."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ def final(
         "start": round(span.start, 3),
         "end": round(span.end, 3),
         "end_reason": span.end_reason,
+        "endpoint": span.endpoint,
         "latency_ms": round(1000 * latency_s, 1),
         "finalize_ms": round(1000 * finalize_s, 1),
         "pilots": span.pilots,

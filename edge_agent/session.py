@@ -22,6 +22,7 @@ import numpy as np
 
 from edge_agent import events
 from edge_agent.asr.interface import AsrStream, Decoded, Hypothesis, StopCheck, TokenInfo
+from edge_agent.audio.adaptive_endpoint import AdaptiveEndpointConfig, EndpointEvidence, decide
 from edge_agent.audio.convert import StreamResampler, check_rate, float_to_pcm16, pcm_to_float
 from edge_agent.audio.endpoint import (
     EndpointConfig,
@@ -70,6 +71,10 @@ class Utterance:
     early: CloudStream | None = None
     early_sent: int = 0
     early_p: float | None = None
+    pause_vad: list[float] = field(default_factory=list)
+    """VAD probabilities since the current pause began (adaptive endpointing)."""
+    endpoint: str | None = None
+    """Adaptive endpointing's verdict on the current pause."""
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -96,6 +101,16 @@ class Session:
             )
         )
         self._pad = self._endpointer.config.end_pad_samples
+        self._adaptive: AdaptiveEndpointConfig | None = None
+        if s.adaptive_endpoint and s.speculative:
+            base = s.min_silence_ms
+            self._adaptive = AdaptiveEndpointConfig(
+                base_ms=base,
+                fast_ms=min(s.endpoint_fast_ms, base),
+                slow_ms=max(s.endpoint_slow_ms, base),
+                quiet_vad=s.endpoint_quiet_vad,
+                punctuation_confidence=s.endpoint_punctuation_confidence,
+            )
         capacity = int((s.max_utterance_s + s.pre_roll_ms / 1000 + 10) * RATE)
         self._ring = RingBuffer(capacity)
         # VAD decision per window (absolute window index -> is speech) for the speech ratio feature.
@@ -131,6 +146,8 @@ class Session:
             self._window += 1
             for event in self._endpointer.push(prob):
                 self._on_endpoint(event)
+            if self._utt is not None and self._utt.silence_at is not None:
+                self._utt.pause_vad.append(prob)
         self._after_audio()
 
     def _feed(self, utt: Utterance) -> None:
@@ -172,6 +189,8 @@ class Session:
             self._utt.silence_at = event.at_sample
         elif isinstance(event, SpeechResumed) and self._utt is not None:
             self._utt.silence_at = None
+            self._utt.pause_vad.clear()
+            self._utt.endpoint = None
             if self._utt.speculative is not None:
                 self._utt.speculative.cancel()  # the speaker went on: that decode is stale
                 self._utt.speculative = None
@@ -193,12 +212,35 @@ class Session:
             if utt.speculative is None and self.rec.settings.speculative and now >= end:
                 utt.speculative_end = end
                 utt.speculative = asyncio.ensure_future(self._run_final(utt, end))
+                if self._adaptive is not None:
+                    utt.speculative.add_done_callback(lambda f: self._on_speculative(utt, f))
             if not caps.native_streaming:
                 return  # a re-decoding pilot in a pause would only repeat the speculative final
         if self._pilot_due(utt, now):
             self._pilot_pending = True
             future = self.rec.worker.offer_pilot(self.id, lambda: self._pilot_job(utt))
             future.add_done_callback(lambda f: self._on_pilot(utt, f))
+
+    def _on_speculative(self, utt: Utterance, future: asyncio.Future[FinalOutcome]) -> None:
+        """Adaptive endpointing: the speculative final is in; it decides how long this pause must last."""
+        if self._adaptive is None or self.closed or self._utt is not utt or utt.speculative is not future:
+            return  # the speaker went on (the decode is stale) or the utterance already ended
+        if future.cancelled() or future.exception() is not None:
+            return  # the fixed silence ends it; _finalize reports a failed decode
+        d = future.result().decoded
+        evidence = EndpointEvidence(
+            text=d.text,
+            finished=d.finished,
+            last_token_logprob=d.tokens[-1].logprob if d.tokens else None,
+            pilot_text=utt.pilot.text if utt.pilot is not None else None,
+            punctuates=self.rec.model.capabilities.punctuation,
+            pause_vad=tuple(utt.pause_vad),
+        )
+        decision = decide(evidence, self._adaptive)
+        utt.endpoint = decision.verdict
+        log.debug("endpoint %s: %s, %d ms (%s)", utt.id, decision.verdict, decision.silence_ms, decision.why)
+        for event in self._endpointer.set_pause_silence(decision.silence_ms):
+            self._on_endpoint(event)
 
     def _pilot_due(self, utt: Utterance, now: int) -> bool:
         s = self.rec.settings
@@ -369,7 +411,8 @@ class Session:
                    "escalated": plan.escalate, "latency_ms": round(1000 * latency, 1),
                    "cloud_pending": cloud.pending},
         )  # fmt: skip
-        span = events.UtteranceSpan(utt.id, utt.start / RATE, end / RATE, end_reason, utt.pilots)
+        verdict = utt.endpoint if end_reason == "silence" else None
+        span = events.UtteranceSpan(utt.id, utt.start / RATE, end / RATE, end_reason, utt.pilots, verdict)
         edge = events.EdgeVerdict(d.text, plan.p_edge, self.rec.model.words(d.tokens), d.reused_tokens)
         self._emit(events.final(span, edge, cloud, source, reason, latency, time.monotonic() - endpoint_at))
 

@@ -62,6 +62,18 @@ class EdgeSettings(BaseSettings):
     """An utterance is cut here even if the speaker goes on."""
     pre_roll_ms: int = Field(default=300, ge=0, le=2000)
     """Audio kept from before the VAD fires, so first words are not clipped."""
+    adaptive_endpoint: bool = True
+    """Let the speculative final decide how much silence ends the utterance: ``endpoint_fast_ms`` when it
+    ends a sentence and is stable in a quiet pause, ``endpoint_slow_ms`` when it ends in a word like "and"
+    or "the" or the VAD rises again, ``min_silence_ms`` otherwise (needs ``speculative``)."""
+    endpoint_fast_ms: int = Field(default=160, ge=50, le=5000)
+    """Silence that ends an utterance judged complete (adaptive endpointing)."""
+    endpoint_slow_ms: int = Field(default=900, ge=50, le=10000)
+    """Silence that ends an utterance judged incomplete (adaptive endpointing)."""
+    endpoint_quiet_vad: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Highest VAD probability in a pause that still counts as quiet for a fast endpoint."""
+    endpoint_punctuation_confidence: float = Field(default=0.75, ge=0.0, le=1.0)
+    """Probability the sentence-ending punctuation needs for a fast endpoint."""
 
     # -- pilot inference / offramps -------------------------------------------------------
     pilot: bool = True

@@ -56,6 +56,10 @@ class FakeModel:
     name: str = "fake"
     native_streaming: bool = False
     chunk_samples: int = 0
+    punctuation: bool = False
+    """Texts end with a full stop, as a model that writes punctuation does."""
+    spelled: dict[int, str] = field(default_factory=dict)
+    """Words for some token ids instead of ``w{id}`` (to script words like "and")."""
     advance_steps: int = 1
     """Units of work one ``advance`` takes; ``should_yield`` is asked between them."""
     step_s: float = 0.0
@@ -73,6 +77,7 @@ class FakeModel:
             prefix_verification=not self.native_streaming,
             n_best=True,
             max_audio_s=20.0,
+            punctuation=self.punctuation,
         )
 
     def create_stream(self) -> FakeStream:
@@ -125,7 +130,9 @@ class FakeStream:
             if a != b:
                 break
             reused += 1
-        text = " ".join(f"w{t.id}" for t in tokens)
+        text = " ".join(self._model.spelled.get(t.id, f"w{t.id}") for t in tokens)
+        if self._model.punctuation and text:
+            text += "."
         return Decoded(tuple(tokens), text, not stopped, len(tokens) + 1, reused, end, stopped)
 
     def advance(self, should_yield: YieldCheck) -> Decoded | None:

@@ -262,3 +262,52 @@ def test_random_sequences_give_well_formed_utterances() -> None:
                 assert e.end_sample - e.start_sample <= CFG.max_samples
                 last_end, open_start, silence_open = e.end_sample, None, False
         assert open_start is None
+
+
+def test_pause_silence_ends_a_pause_that_is_already_long_enough() -> None:
+    ep = Endpointer(CFG)
+    for p in [S] * 5 + [N] * 2:  # speech from 0 (start 0), pause from window 5: 20 samples so far
+        ep.push(p)
+    assert ep.pause_samples == 20
+    assert ep.set_pause_silence(20) == [SpeechEnd(0, 60, "silence")]  # pause start 50 + 10 pad
+    assert not ep.in_utterance and ep.pause_samples == 0
+
+
+def test_pause_silence_never_ends_before_the_end_pad_is_in() -> None:
+    ep = Endpointer(CFG)
+    for p in [S] * 5 + [N]:  # pause of 10 samples = the pad
+        ep.push(p)
+    assert ep.set_pause_silence(0) == [SpeechEnd(0, 60, "silence")]
+    ep = Endpointer(dataclasses.replace(CFG, end_pad_ms=30))
+    for p in [S] * 5 + [N]:
+        ep.push(p)
+    assert ep.set_pause_silence(0) == []  # 10 of the 30-sample pad seen: wait
+    assert ep.push(N) == [] and ep.push(N) == [SpeechEnd(0, 80, "silence")]
+
+
+def test_longer_pause_silence_holds_the_utterance_open() -> None:
+    ep = Endpointer(CFG)
+    for p in [S] * 5 + [N]:
+        ep.push(p)
+    assert ep.set_pause_silence(70) == []
+    events = [(k, e) for k, p in enumerate([N] * 8) for e in ep.push(p)]
+    assert events == [(5, SpeechEnd(0, 60, "silence"))]  # at 70 samples of pause, not the usual 40
+
+
+def test_pause_silence_lasts_one_pause_only() -> None:
+    ep = Endpointer(CFG)
+    for p in [S] * 5 + [N]:
+        ep.push(p)
+    ep.set_pause_silence(100)
+    assert ep.push(S) == [SpeechResumed()]
+    events = [(k, e) for k, p in enumerate([N] * 6) for e in ep.push(p)]
+    assert events[0] == (0, SilenceBegan(70))
+    assert events[1] == (3, SpeechEnd(0, 80, "silence"))  # back to min_silence (40)
+
+
+def test_pause_silence_outside_a_pause_is_ignored() -> None:
+    ep = Endpointer(CFG)
+    assert ep.set_pause_silence(10) == []
+    for p in [S] * 5:
+        ep.push(p)
+    assert ep.set_pause_silence(10) == [] and ep.in_utterance

@@ -59,7 +59,7 @@ def test_edge_context_carries_the_best_and_distinct_alternatives() -> None:
     assert early.reason == speech_pb2.EARLY_PILOT and not early.is_final and len(early.n_best) == 1
 
 
-SPAN = events.UtteranceSpan("s-1", 1.0, 3.0, "silence", 2)
+SPAN = events.UtteranceSpan("s-1", 1.0, 3.0, "silence", 2, "complete")
 EDGE = events.EdgeVerdict("go forward", 0.6, [("go", 0.9), ("forward", 0.8)], 2)
 
 
@@ -73,7 +73,8 @@ def test_final_event_from_the_edge() -> None:
             {"word": "go", "start": 1.0, "end": 1.545, "confidence": 0.9},  # by length + 1: 3 of 11
             {"word": "forward", "start": 1.545, "end": 3.0, "confidence": 0.8},
         ],
-        "word_timing": "estimated", "start": 1.0, "end": 3.0, "end_reason": "silence", "latency_ms": 250.0,
+        "word_timing": "estimated", "start": 1.0, "end": 3.0, "end_reason": "silence", "endpoint": "complete",
+        "latency_ms": 250.0,
         "finalize_ms": 50.4, "pilots": 2, "reused_tokens": 2,
     }  # fmt: skip
 

@@ -286,3 +286,54 @@ def _metrics(rec: Recognizer) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(rec.metrics.registry).decode()
+
+
+def _pause_at_final(rec: Recognizer, audio: np.ndarray, pause_from: int) -> tuple[list[dict[str, Any]], int]:
+    """Stream ``audio`` frame by frame; the events, and how much of the pause starting at sample
+    ``pause_from`` had been fed when the first final came out."""
+    events: list[dict[str, Any]] = []
+    fed_at_final = -1
+
+    async def scenario(rec: Recognizer) -> None:
+        nonlocal fed_at_final
+        session = Session(rec, RATE, "pcm_s16le", session_id="s")
+        for i in range(0, len(audio), FRAME):
+            session.feed(pcm(audio[i : i + FRAME]))
+            await _settle(rec)
+            events.extend(_drain(session))
+            if fed_at_final < 0 and _of(events, "final"):
+                fed_at_final = i + FRAME - pause_from
+        await session.finish()
+        events.extend(_drain(session))
+
+    _run(rec, scenario)
+    return events, fed_at_final
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_a_complete_sentence_ends_after_a_short_pause(tmp_path: Path, adaptive: bool) -> None:
+    model = FakeModel(punctuation=True)
+    rec = _rec(tmp_path, model, adaptive_endpoint=adaptive, endpoint_fast_ms=160, min_silence_ms=500)
+    spoken = np.concatenate([LEAD, speech(*CONFIDENT)])
+    events, waited = _pause_at_final(rec, np.concatenate([spoken, GAP]), len(spoken))
+    (final,) = _of(events, "final")
+    assert final["text"] == words_for(*CONFIDENT) + "."
+    if adaptive:
+        # 160 ms of pause (+ one 64 ms frame of granularity), not 500: the text ended a sentence.
+        assert final["endpoint"] == "complete" and 160 * 16 <= waited <= 160 * 16 + FRAME
+    else:
+        assert final["endpoint"] is None and waited >= 500 * 16
+    assert [c.kind for c in model.calls].count("finalize") == 1  # the speculative decode is the final
+
+
+def test_a_dangling_word_holds_the_utterance_over_a_longer_pause(tmp_path: Path) -> None:
+    # "... and" then 768 ms of pause: the fixed 500 ms endpoint splits the sentence, adaptive waits.
+    model = FakeModel(punctuation=True, spelled={20: "and"})
+    first, second = (0.3, 0.4, 0.2), (0.5, 0.6)
+    pause = silence(3 * BLOCK / RATE)
+    audio = np.concatenate([LEAD, speech(*first), pause, speech(*second), GAP])
+    joined = _of(_stream(_rec(tmp_path, model, endpoint_slow_ms=900), audio), "final")
+    assert [f["text"] for f in joined] == ["w30 w40 and w50 w60."]
+    split = _of(_stream(_rec(tmp_path, FakeModel(punctuation=True, spelled={20: "and"}),
+                             adaptive_endpoint=False), audio), "final")  # fmt: skip
+    assert [f["text"] for f in split] == ["w30 w40 and.", "w50 w60."]

@@ -84,6 +84,8 @@ class Capabilities:
     max_audio_s: float | None
     """Longest audio one pass of the model handles well (longer audio is split by the stream, and has no
     n-best); None when unbounded."""
+    punctuation: bool = False
+    """The model writes punctuation (a sentence's end is in its text: adaptive endpointing uses it)."""
 
 
 class AsrStream(Protocol):

@@ -30,6 +30,11 @@ States and events, per pushed window ``k`` with probability ``p``:
   idle. In silence: ``SpeechEnd(start, min(silence_start + end_pad, position), "max_length")`` and back
   to idle. Every utterance is non-empty.
 
+Adaptive endpointing: :meth:`Endpointer.set_pause_silence` replaces ``min_silence_ms`` for the current
+pause only (longer or shorter; back to ``min_silence_ms`` when speech resumes or the utterance ends). When
+the pause has already lasted that long it ends the utterance at once (reason ``"silence"``, the same
+``end_sample`` as above).
+
 :meth:`Endpointer.flush` (end of stream) closes an open utterance with reason ``"stream_end"`` (ending at
 ``position``, or at the padded silence start if silence had begun) and drops an unconfirmed candidate.
 """
@@ -157,6 +162,7 @@ class Endpointer:
         self._start = 0  # start of the open utterance
         self._silence = 0  # start of the current silence
         self._prev_end = 0  # end of the previous utterance
+        self._pause_silence: int | None = None  # silence the current pause needs (adaptive), if set
 
     @property
     def position(self) -> int:
@@ -191,6 +197,7 @@ class Endpointer:
             events.append(SilenceBegan(window_start))
         elif self._state is _State.SILENCE and prob >= cfg.threshold:
             self._state = _State.SPEECH
+            self._pause_silence = None
             events.append(SpeechResumed())
         elif self._state is _State.CONTINUATION:
             if prob >= cfg.neg_threshold:
@@ -209,7 +216,7 @@ class Endpointer:
             )
             self._state = _State.SPEECH
             events.append(SpeechStart(self._start))
-        elif self._state is _State.SILENCE and pos - self._silence >= cfg.min_silence_samples:
+        elif self._state is _State.SILENCE and pos - self._silence >= self._needed_silence():
             events.append(self._end(self._silence_end(), "silence"))
         elif self.in_utterance and pos + cfg.window_samples - self._start > cfg.max_samples:
             if self._state is _State.SPEECH:
@@ -218,6 +225,27 @@ class Endpointer:
             else:
                 events.append(self._end(self._silence_end(), "max_length"))
         return events
+
+    def set_pause_silence(self, ms: float) -> list[EndpointEvent]:
+        """The silence the current pause needs to end the utterance (adaptive endpointing). Ignored
+        outside a pause. Returns ``[SpeechEnd]`` when the pause is already that long, else ``[]``."""
+        if self._state is not _State.SILENCE:
+            return []
+        # Never shorter than the end pad: the utterance's end (pause start + pad) must be in already.
+        self._pause_silence = max(round(ms * self.config.sample_rate / 1000), self.config.end_pad_samples)
+        if self._position - self._silence >= self._pause_silence:
+            return [self._end(self._silence_end(), "silence")]
+        return []
+
+    @property
+    def pause_samples(self) -> int:
+        """How long the current pause has lasted (0 outside a pause)."""
+        return self._position - self._silence if self._state is _State.SILENCE else 0
+
+    def _needed_silence(self) -> int:
+        if self._pause_silence is not None:
+            return self._pause_silence
+        return self.config.min_silence_samples
 
     def flush(self) -> list[EndpointEvent]:
         """End of stream: close an open utterance (reason ``"stream_end"``), drop an unconfirmed burst."""
@@ -233,5 +261,6 @@ class Endpointer:
 
     def _end(self, end: int, reason: EndReason) -> SpeechEnd:
         self._state = _State.IDLE
+        self._pause_silence = None
         self._prev_end = end
         return SpeechEnd(self._start, end, reason)

@@ -42,6 +42,9 @@ class Clip:
     ids: list[int]
 
 
+DEV_CLIPS = 96
+
+
 def load_set(path: Path, sp: spm.SentencePieceProcessor | None) -> list[Clip]:
     data = np.load(path / "audio.npz")
     pcm, offsets = data["pcm"], data["offsets"]
@@ -248,8 +251,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sp = spm.SentencePieceProcessor(model_file=str(args.out / "tokenizer.model"))
     else:
         sp = train_tokenizer(texts, args.out, cfg.vocab_size)
+    # Dev clips are held out of the training split (each clip has its own sentence), so the figures
+    # reported on the test sets are never watched during training.
     train = load_set(args.data / "train", sp)
-    dev = load_set(args.data / "test-seen-voices", sp)[:96]
+    train, dev = train[:-DEV_CLIPS], train[-DEV_CLIPS:]
     print(f"train {len(train)} clips, {sum(len(c.audio) for c in train) / RATE / 3600:.2f} h", flush=True)
     model = StreamingConformer(cfg)
     if args.init is not None and not args.resume:

@@ -45,6 +45,7 @@ class MoonshineRecognizer:
             prefix_verification=True,
             n_best=True,
             max_audio_s=max_chunk_s,
+            punctuation=True,
         )
 
     @property
