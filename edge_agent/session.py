@@ -388,17 +388,23 @@ class Session:
             decision, d.stopped, utt.early is not None, s.always_cloud, self.rec.escalator is not None
         )
         cloud = events.NO_CLOUD
+        p_edge = plan.p_edge
         if plan.escalate:
             cloud = await self._ask_cloud(utt, outcome, plan, duration, endpoint_at)
-        source = (
-            "cloud" if s.always_cloud and cloud.p_wrong is not None else choose(plan.p_edge, cloud.p_wrong)
-        )
+            if d.stopped and cloud.p_wrong is None:
+                # The offramp stopped the decode for the cloud, and the cloud cannot answer now: the user
+                # gets the whole edge result (not its first words); a correction follows if it was queued.
+                stream, samples = utt.stream, end - utt.start
+                d = await self.rec.worker.run_final(lambda: stream.finalize(samples))
+                agreement, ratio = self._agreement(d, utt.pilot), self._speech_ratio(utt.start, end)
+                p_edge = self.rec.policy.at_final(d.tokens, duration, ratio, agreement, d.finished).p_wrong
+        source = "cloud" if s.always_cloud and cloud.p_wrong is not None else choose(p_edge, cloud.p_wrong)
         self.rec.metrics.audio_seconds.inc(duration)
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)  # finals go out in order
         if self.closed:
             return
-        self._edge_results[utt.id] = (d.text, plan.p_edge, duration)
+        self._edge_results[utt.id] = (d.text, p_edge, duration)
         if len(self._edge_results) > _KEPT_RESULTS:  # kept only to score late corrections
             self._edge_results.pop(next(iter(self._edge_results)))
         latency = time.monotonic() - speech_end_at
@@ -413,7 +419,7 @@ class Session:
         )  # fmt: skip
         verdict = utt.endpoint if end_reason == "silence" else None
         span = events.UtteranceSpan(utt.id, utt.start / RATE, end / RATE, end_reason, utt.pilots, verdict)
-        edge = events.EdgeVerdict(d.text, plan.p_edge, self.rec.model.words(d.tokens), d.reused_tokens)
+        edge = events.EdgeVerdict(d.text, p_edge, self.rec.model.words(d.tokens), d.reused_tokens)
         self._emit(events.final(span, edge, cloud, source, reason, latency, time.monotonic() - endpoint_at))
 
     async def _ask_cloud(

@@ -337,3 +337,27 @@ def test_a_dangling_word_holds_the_utterance_over_a_longer_pause(tmp_path: Path)
     split = _of(_stream(_rec(tmp_path, FakeModel(punctuation=True, spelled={20: "and"}),
                              adaptive_endpoint=False), audio), "final")  # fmt: skip
     assert [f["text"] for f in split] == ["w30 w40 and.", "w50 w60."]
+
+
+def test_a_stopped_decode_is_finished_when_the_cloud_cannot_answer(tmp_path: Path) -> None:
+    model = FakeModel()
+    events: list[dict[str, Any]] = []
+
+    async def scenario(rec: Recognizer) -> None:
+        session = Session(rec, RATE, "pcm_s16le", session_id="s")
+        await _feed(session, np.concatenate([LEAD, speech(*HARD), GAP]))
+        await session.finish()
+        session.on_correction("s-1", cloud_result("late words"))
+        events.extend(_drain(session))
+
+    _run(_rec(tmp_path, model, FakeEscalator(None), pilot=False), scenario)
+    (final,) = _of(events, "final")
+    assert final["reason"] == "decode_stopped" and final["cloud_pending"] and final["source"] == "edge"
+    # The whole utterance, not the six tokens the offramp stopped at, with its own confidence.
+    assert final["text"] == final["edge_text"] == words_for(*HARD)
+    assert 0.0 < final["edge_confidence"] < 0.5
+    assert [(c.kind, c.result) for c in model.calls] == [
+        ("finalize", words_for(*HARD[:6])), ("finalize", words_for(*HARD))
+    ]  # fmt: skip
+    (correction,) = _of(events, "correction")
+    assert correction["source"] == "cloud" and correction["edge_confidence"] == final["edge_confidence"]
