@@ -135,6 +135,29 @@ def _int(meta: dict[str, str], key: str, path: Path) -> int:
         raise ModelFormatError(f"{path}: metadata {key!r} missing or not an integer") from exc
 
 
+def _durations(meta: dict[str, str], classes: object, vocab_size: int, path: Path) -> tuple[int, ...]:
+    """TDT durations: the joint's outputs past the tokens and blank are duration logits. Their frame
+    advances come from the ``tdt_durations`` metadata (e.g. ``0,1,2,3,4``), else each logit's index is its
+    advance (sherpa-onnx's convention; NeMo's default durations are 0..4)."""
+    extra = classes - (vocab_size + 1) if isinstance(classes, int) else None
+    if extra is not None and extra < 0:
+        raise ModelFormatError(
+            f"{path}: joint has {classes} outputs, fewer than vocab_size + 1 = {vocab_size + 1}"
+        )
+    if "tdt_durations" in meta:
+        try:
+            listed = tuple(int(v) for v in meta["tdt_durations"].replace(",", " ").split())
+        except ValueError as exc:
+            raise ModelFormatError(f"{path}: metadata 'tdt_durations' is not a list of integers") from exc
+        if not listed or min(listed) < 0 or (extra is not None and len(listed) != extra):
+            raise ModelFormatError(
+                f"{path}: metadata 'tdt_durations' {meta['tdt_durations']!r} does not match the joint's "
+                f"{extra} duration outputs"
+            )
+        return listed
+    return tuple(range(extra)) if extra else ()
+
+
 class NemoStreamingModel:
     """The shared, read-only model: one encoder ``step`` per chunk, state in and state out.
 
@@ -220,12 +243,10 @@ class NemoStreamingModel:
         self.decoder_names = [i.name for i in dec_in]
         self.joiner_names = [i.name for i in self.joiner.get_inputs()]
         classes = self.joiner.get_outputs()[0].shape[-1]
-        if isinstance(classes, int) and classes != self.vocab_size + 1:
-            # TDT joints add duration logits after the tokens; their decoding is not implemented.
-            raise ModelFormatError(
-                f"{graphs['joiner']}: joint has {classes} outputs, expected vocab_size + 1 = "
-                f"{self.vocab_size + 1} (TDT models, which add durations, are not supported)"
-            )
+        self.durations = _durations(meta, classes, self.vocab_size, graphs["joiner"])
+
+    durations: tuple[int, ...] = ()
+    """TDT: the frame advance of each duration logit (after the token logits); empty for RNN-T."""
 
     def predict(
         self, token: int, state: tuple[np.ndarray, np.ndarray] | None
@@ -242,7 +263,8 @@ class NemoStreamingModel:
         return out, (h, c)
 
     def joint(self, encoder: np.ndarray, decoder: np.ndarray) -> np.ndarray:
-        """Joint logits [T, V + 1] of encoder frames [T, D] against one decoder output [1, H, 1]."""
+        """Joint logits [T, V + 1 (+ TDT durations)] of encoder frames [T, D] against one prediction
+        output [1, H, 1]."""
         assert self.joiner is not None
         feeds = dict(zip(self.joiner_names, (encoder.T[None].astype(np.float32), decoder), strict=True))
         (logits,) = self.joiner.run(None, feeds)

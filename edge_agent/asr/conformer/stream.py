@@ -23,7 +23,7 @@ import numpy as np
 from edge_agent.asr.conformer.ctc import CtcGreedy, prefix_beam_search
 from edge_agent.asr.conformer.features import StreamingFeatures, log_mel_from
 from edge_agent.asr.conformer.onnx_model import CacheState, Head, NemoStreamingModel
-from edge_agent.asr.conformer.transducer import TransducerGreedy
+from edge_agent.asr.conformer.transducer import TdtGreedy, TransducerGreedy
 from edge_agent.asr.interface import Capabilities, Decoded, Hypothesis, StopCheck, TokenInfo, YieldCheck
 from edge_agent.asr.utterance_audio import UtteranceAudio
 
@@ -37,7 +37,9 @@ FrameDecoder = CtcGreedy | TransducerGreedy
 
 
 def new_decoder(model: NemoStreamingModel) -> FrameDecoder:
-    return CtcGreedy(model.vocabulary.blank) if model.head == "ctc" else TransducerGreedy(model)
+    if model.head == "ctc":
+        return CtcGreedy(model.vocabulary.blank)
+    return TdtGreedy(model) if model.durations else TransducerGreedy(model)
 
 
 @dataclass(frozen=True)

@@ -80,3 +80,54 @@ class TransducerGreedy:
             t += k
             emitted += 1
         self._frames += len(encoder)
+
+
+class TdtGreedy(TransducerGreedy):
+    """Greedy search of a Token-and-Duration Transducer (NeMo's TDT; sherpa-onnx's ``DecodeOneTDT``).
+
+    The joint's output is the token logits (blank last) followed by one logit per duration in
+    ``model.durations``: each step emits the best token (unless blank) and moves ``duration`` frames on.
+    Guards as in NeMo and sherpa-onnx: a blank with duration 0 moves one frame; after ``max_symbols``
+    tokens on one frame the search moves one frame. A duration may reach past the chunk: the overshoot
+    carries into the next chunk, so chunking does not change the result.
+    """
+
+    def __init__(self, model: NemoStreamingModel, max_symbols: int = MAX_SYMBOLS_PER_FRAME) -> None:
+        super().__init__(model, max_symbols)
+        self.durations = tuple(model.durations)
+        self._carry = 0  # frames of the next chunk that a duration already skipped
+        self._on_frame = 0  # tokens emitted on the current frame
+
+    def copy(self) -> TdtGreedy:
+        other = object.__new__(TdtGreedy)
+        other.__dict__.update(self.__dict__)
+        other._tokens = list(self._tokens)
+        return other
+
+    def accept(self, encoder: np.ndarray) -> None:
+        n, classes = len(encoder), self.blank + 1
+        t = self._carry
+        while t < n:
+            # Score every remaining frame against the current prediction: blanks only move in time, so
+            # the rows stay valid until the next emission (one joint call per emission).
+            logits = self.model.joint(encoder[t:], self._pred)
+            base, emitted = t, False
+            while t < n and not emitted:
+                row = logits[t - base]
+                token_lp = _log_softmax(row[:classes])
+                token_id = int(token_lp.argmax())
+                skip = self.durations[int(row[classes:].argmax())]
+                if token_id != self.blank:
+                    entropy = float(-(np.exp(token_lp) * token_lp).sum())
+                    token = CtcToken(token_id, self._frames + t, float(token_lp[token_id]), entropy)
+                    self._tokens.append(token)
+                    self._pred, self._state = self.model.predict(token_id, self._state)
+                    self._on_frame += 1
+                    emitted = True
+                if skip > 0:
+                    self._on_frame = 0
+                if self._on_frame >= self.max_symbols or (token_id == self.blank and skip == 0):
+                    self._on_frame, skip = 0, 1
+                t += skip
+        self._carry = t - n
+        self._frames += n
