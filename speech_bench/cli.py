@@ -9,6 +9,12 @@ same model encodes the whole utterance after the endpoint (no pilot). Neither ru
 so their finalization latencies compare the encoder schedules alone. ``--edge-model`` picks the edge
 model (``EDGE_MODEL``) of every edge started. ``--sweep`` replays the recorded confidences across thresholds
 without decoding again.
+
+``--pattern`` picks how each utterance is streamed (``speech_bench.streaming``): ``open-mic`` (silence
+goes on after the speech until the final comes; the headline), ``push-to-talk`` (``stop`` right after
+the speech) or ``both``. Latency is measured from the end of the speech, not of the clip. Items with
+``segments`` (the ``pauses`` bench set) are streamed open-mic as a whole and counted for sentences split
+by a false endpoint and sentences merged into one final.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from speech_bench.streaming import LEAD_S, LEGACY_PATTERN, OPEN_MIC, OPEN_MIC_CAP_S, PATTERNS
 
 MODES: dict[str, list[str]] = {
     "edge": [],
@@ -43,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=list(MODES))
     p.add_argument("--speed", type=float, default=1.0, help="1 = real time (latency figures need 1)")
+    p.add_argument(
+        "--pattern",
+        choices=[*PATTERNS, "both"],
+        default="both",
+        help="open-mic: silence streamed after the speech until the final (the headline); "
+        "push-to-talk: stop right after the speech; both (default)",
+    )
     p.add_argument("--limit", type=int, default=0, help="only the first N utterances")
     p.add_argument("--out", type=Path, help="write the report (JSON) here")
     p.add_argument("--plots", type=Path, help="write PNG plots into this directory")
@@ -66,22 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def patterns_of(choice: str) -> tuple[str, ...]:
+    return PATTERNS if choice == "both" else (choice,)
+
+
 def _records_from_report(path: Path) -> dict[str, list[Any]]:
-    from speech_bench.manifest import Utterance
     from speech_bench.streaming import Record
 
     data = json.loads(path.read_text())
-    out: dict[str, list[Any]] = {}
-    for mode, figures in data["modes"].items():
-        records = []
-        for row in figures["records"]:
-            utt = Utterance(
-                Path(row["audio_filepath"]), row["reference"], row["duration"], row["kind"], row["set"]
-            )
-            fields = {k: v for k, v in row.items() if k in Record.__dataclass_fields__ and k != "utterance"}
-            records.append(Record(utterance=utt, **fields))
-        out[mode] = records
-    return out
+    return {mode: [Record.from_json(row) for row in d["records"]] for mode, d in data["modes"].items()}
 
 
 def run_modes(args: argparse.Namespace, utterances: list[Any], workdir: Path) -> tuple[dict[str, Any], dict]:
@@ -98,7 +106,10 @@ def run_modes(args: argparse.Namespace, utterances: list[Any], workdir: Path) ->
         target, cloud_http = cloud.extra["grpc"], cloud.url
     else:
         target, cloud_http = args.cloud_target or "", args.cloud_url
-    bar = tqdm(total=len(utterances) * len(args.modes), unit="utt", file=sys.stderr)
+    patterns = patterns_of(args.pattern)
+    # Items with segments are streamed once (open-mic), single utterances once per pattern.
+    runs = [(u, p) for u in utterances for p in ((OPEN_MIC,) if u.segments else patterns)]
+    bar = tqdm(total=len(runs) * len(args.modes), unit="stream", file=sys.stderr)
     try:
         for mode in args.modes:
             edge = None
@@ -117,9 +128,9 @@ def run_modes(args: argparse.Namespace, utterances: list[Any], workdir: Path) ->
                 else 0.0
             )
             mode_records = []
-            for utterance in utterances:
-                bar.set_description(mode)
-                mode_records.append(asyncio.run(stream_utterance(url, utterance, mode, args.speed)))
+            for utterance, pattern in runs:
+                bar.set_description(f"{mode} {pattern}")
+                mode_records.append(asyncio.run(stream_utterance(url, utterance, mode, args.speed, pattern)))
                 bar.update(1)
             records[mode] = mode_records
             after = (
@@ -161,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        from speech_bench import figures
+        from speech_bench import console, figures
         from speech_bench.manifest import load_manifests
     except ImportError as exc:
         sys.exit(f"speech-bench needs the bench extras: pip install 'edge-cloud-asr[bench]' ({exc})")
@@ -171,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         args.modes.append("cloud")  # the sweep needs both texts and both confidences per utterance
     started = time.time()
     resources: dict[str, Any] = {}
+    previous_patterns: list[str] = []
     if args.from_report:
         records = _records_from_report(args.from_report)
         previous = json.loads(args.from_report.read_text())
@@ -182,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             }
             for m, d in previous["modes"].items()
         }
+        previous_patterns = previous["settings"].get("patterns", [LEGACY_PATTERN])
     else:
         if not args.manifests:
             sys.exit("give at least one manifest")
@@ -199,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
         },
         "settings": {
             "speed": args.speed,
+            "patterns": list(patterns_of(args.pattern)) if not args.from_report else previous_patterns,
+            "lead_s": LEAD_S,
+            "open_mic_cap_s": OPEN_MIC_CAP_S,
             "cloud_model": args.cloud_model,
             "cloud_threads": args.threads,
             "manifests": [str(m) for m in args.manifests],
@@ -213,15 +229,17 @@ def main(argv: list[str] | None = None) -> None:
         report["modes"][mode] = data
     if "cloud_peak_rss_mb" in resources:
         report["cloud_peak_rss_mb"] = resources["cloud_peak_rss_mb"]
+    # One record per utterance (the headline pattern's) for the oracle, the sweep and the calibration.
+    scored = figures.wer_records(records["cloud"]) if "cloud" in records else []
     if "cloud" in records:
-        report["oracle"] = figures.oracle(records["cloud"])
+        report["oracle"] = figures.oracle(scored)
     if args.sweep and "cloud" in records:
-        points = figures.sweep(records["cloud"])
+        points = figures.sweep(scored)
         best = figures.best_point(points, args.max_offload)
         threshold = (resources.get("pasu") or {}).get("threshold")
         current = None
         if threshold is not None:
-            current = next(iter(figures.sweep_at(records["cloud"], [float(threshold)])), None)
+            current = next(iter(figures.sweep_at(scored, [float(threshold)])), None)
         report["sweep"] = {
             "points": [p.__dict__ for p in points],
             "best_within_offload": best.__dict__,
@@ -229,8 +247,8 @@ def main(argv: list[str] | None = None) -> None:
             "operating_point": current.__dict__ if current else best.__dict__,
         }
         if args.write_calibration:
-            write_calibration(args.write_calibration, best.threshold, records["cloud"])
-    _print_summary(report)
+            write_calibration(args.write_calibration, best.threshold, scored)
+    print(console.summary(report))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
         print(f"report: {args.out}")
@@ -271,36 +289,6 @@ def write_calibration(path: Path, threshold: float, records: list[Any]) -> None:
     )
     updated.save(path)
     print(f"calibration: {path} (threshold {threshold:.4f})")
-
-
-def _print_summary(report: dict[str, Any]) -> None:
-    def ms(value: float | None) -> str:
-        return f"{value:.0f}" if value is not None else "-"
-
-    header = ("mode", "WER", "offload", "lat p50", "p95", "p99", "fin p50", "1st part", "cloud s", "edge RTF")
-    print(" ".join(f"{h:>9}" for h in header))
-    for mode, d in report["modes"].items():
-        lat, fin, part = d["latency_ms"], d["finalize_ms"], d["first_partial_ms"]
-        rtf = d.get("edge_rtf")
-        cells = [
-            mode,
-            f"{100 * d['wer']:.2f}%",
-            f"{100 * d['offload']:.1f}%",
-            ms(lat["p50"]),
-            ms(lat["p95"]),
-            ms(lat["p99"]),
-            ms(fin["p50"]),
-            ms(part["p50"]),
-            f"{d.get('cloud_seconds', 0):.1f}",
-            f"{rtf:.3f}" if rtf else "-",
-        ]
-        print(" ".join(f"{c:>9}" for c in cells))
-    if "oracle" in report:
-        print(f"oracle WER {100 * report['oracle']['wer']:.2f}%")
-    if "sweep" in report:
-        best = report["sweep"]["best_within_offload"]
-        print(f"sweep: best WER {100 * best['wer']:.2f}% at offload {100 * best['offload']:.1f}% "
-              f"(threshold {best['threshold']:.4f})")  # fmt: skip
 
 
 if __name__ == "__main__":

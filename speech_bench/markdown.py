@@ -6,6 +6,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from speech_bench.streaming import OPEN_MIC, PUSH_TO_TALK
+
+PATTERN_TEXT = {
+    OPEN_MIC: "**open-mic** (after the speech the client goes on sending silence, as a microphone does, "
+    "until the final arrives; the endpointer must end the utterance)",
+    PUSH_TO_TALK: "**push-to-talk** (`stop` right after the speech)",
+}
 BEGIN, END = "<!-- speech-bench:begin -->", "<!-- speech-bench:end -->"
 
 
@@ -13,8 +20,33 @@ def _ms(value: float | None) -> str:
     return f"{value:.0f}" if value is not None else "-"
 
 
+def _latency(figures: dict[str, Any] | None) -> str:
+    if figures is None:
+        return "-"
+    lat = figures["latency_ms"]
+    return f"{_ms(lat['p50'])} / {_ms(lat['p95'])} / {_ms(lat['p99'])}"
+
+
+def _patterns_sentence(patterns: list[str], report: dict[str, Any]) -> str:
+    if not patterns:  # only items with segments: their own paragraph says how they were streamed
+        return ""
+    described = [PATTERN_TEXT.get(p, f"**{p}**") for p in patterns]
+    lead = report["settings"].get("lead_s", 0.5)
+    return (
+        f"Each utterance is streamed on its own WebSocket after {lead:g} s of silence, cut at the end of its "
+        f"speech (from the manifest, or estimated from the audio), in 100 ms frames: "
+        + "; ".join(described)
+        + ". Final latency runs from the end of speech on the audio timeline (so it includes the "
+        "endpointer's silence wait) to the final, on the utterances that gave exactly one final; "
+        "`0/2+` counts those with no final / several. "
+    )
+
+
 def render(report: dict[str, Any], command: str, plots: str | None) -> str:
     modes = report["modes"]
+    patterns = list(dict.fromkeys(p for d in modes.values() for p in d.get("patterns", {})))
+    first = next(iter(modes.values()))
+    latency_headers = "".join(f"| {p} latency p50 / p95 / p99 ms | {p} 0/2+ " for p in patterns)
     lines = [
         BEGIN,
         "## speech-bench: four modes side by side",
@@ -23,24 +55,33 @@ def render(report: dict[str, Any], command: str, plots: str | None) -> str:
         f"Python {report['machine']['python']}. Edge: Moonshine base (rebuilt ONNX graphs, onnxruntime, "
         f"2 threads, one inference thread); cloud: Whisper {report['settings']['cloud_model']} int8 "
         f"({report['settings']['cloud_threads']} threads) on the same machine. "
-        f"Speed {report['settings']['speed']:g}x real time; {next(iter(modes.values()))['utterances']} "
-        "utterances, each streamed on its own WebSocket between 0.5 s and 1.5 s of silence.",
+        f"Speed {report['settings']['speed']:g}x real time; {first['utterances']} utterances. "
+        + _patterns_sentence(patterns, report)
+        + f"WER and offload are over the {first.get('wer_pattern', OPEN_MIC)} records"
+        + (
+            f"; finalization (endpoint to final) and first partial are {first['latency_pattern']}'s."
+            if patterns
+            else "."
+        ),
         "",
         f"Reproduce: `{command}`",
         "",
-        "| mode | WER | offload | final latency p50 / p95 / p99 ms | finalization p50 / p95 ms "
+        f"| mode | WER | offload {latency_headers}| finalization p50 / p95 ms "
         "| first partial p50 ms | cloud s | edge RTF | edge peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|" + "---|---|" * len(patterns) + "---|---|---|---|---|",
     ]
     for mode, d in modes.items():
-        lat, fin, part = d["latency_ms"], d["finalize_ms"], d["first_partial_ms"]
+        fin, part = d["finalize_ms"], d["first_partial_ms"]
         rtf = d.get("edge_rtf")
         rss = d.get("edge_peak_rss_mb")
-        cells = [
-            mode,
-            f"{100 * d['wer']:.2f}%",
-            f"{100 * d['offload']:.1f}%",
-            f"{_ms(lat['p50'])} / {_ms(lat['p95'])} / {_ms(lat['p99'])}",
+        cells = [mode, f"{100 * d['wer']:.2f}%", f"{100 * d['offload']:.1f}%"]
+        for p in patterns:
+            figures = d.get("patterns", {}).get(p)
+            cells += [
+                _latency(figures),
+                f"{figures['no_final']}/{figures['multi_final']}" if figures else "-",
+            ]
+        cells += [
             f"{_ms(fin['p50'])} / {_ms(fin['p95'])}",
             _ms(part["p50"]),
             f"{d.get('cloud_seconds', 0):.1f}",
@@ -48,6 +89,23 @@ def render(report: dict[str, Any], command: str, plots: str | None) -> str:
             f"{rss:.0f}" if rss else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    segmented = {mode: d["segmentation"] for mode, d in modes.items() if d.get("segmentation")}
+    if segmented:
+        lines += [
+            "",
+            "False endpoints on items of several sentences with pauses inside sentences and between them "
+            "(streamed whole, open-mic): *split* = sentences that got two or more finals, *merged* = finals "
+            "that covered two or more sentences; latency of the sentences that got one final of their own.",
+            "",
+            "| mode | items | sentences | split | merged | missed | spurious finals "
+            "| sentence latency p50 / p95 ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for mode, s in segmented.items():
+            lat = s["sentence_latency_ms"]
+            counts = ("items", "sentences", "split", "merged", "missed", "spurious")
+            cells = [mode, *(str(s[k]) for k in counts)]
+            lines.append("| " + " | ".join([*cells, f"{_ms(lat['p50'])} / {_ms(lat['p95'])}"]) + " |")
     if "oracle" in report:
         o = report["oracle"]
         same = f"edge {100 * o['edge_wer']:.2f}%, cloud {100 * o['cloud_wer']:.2f}% on the same decodes"

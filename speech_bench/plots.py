@@ -18,13 +18,22 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     written = []
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for mode, data in report["modes"].items():
-        values = sorted(r["latency_ms"] for r in data["records"] if r["latency_ms"] is not None)
-        if values:
-            ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=mode, drawstyle="steps-post")
+    styles = {"open-mic": "-", "push-to-talk": "--"}
+    for i, (mode, data) in enumerate(report["modes"].items()):
+        for pattern in data.get("patterns", {}):
+            values = sorted(
+                r["latency_ms"]
+                for r in data["records"]
+                if r["latency_ms"] is not None and r.get("pattern") == pattern and not r.get("segments")
+            )
+            if values:
+                ax.plot(
+                    values, np.arange(1, len(values) + 1) / len(values), label=f"{mode} {pattern}",
+                    drawstyle="steps-post", linestyle=styles.get(pattern, ":"), color=f"C{i}",
+                )  # fmt: skip
     ax.set_xlabel("final latency after end of speech (ms)")
     ax.set_ylabel("fraction of utterances")
-    ax.set_title("Final latency CDF per mode")
+    ax.set_title("Final latency CDF per mode and pattern")
     ax.grid(alpha=0.3)
     ax.legend()
     path = out / "latency_cdf.png"

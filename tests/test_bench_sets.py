@@ -6,6 +6,7 @@ No model: this checks the data, not how well anything recognizes it (see the scr
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -137,3 +138,68 @@ def test_sentences_are_new() -> None:
     assert len(set(ours)) == len(ours)
     with pytest.raises(SystemExit, match="repeats"):
         bench.check_sentences([*bench.SENTENCES, "Turn the kitchen lights down to 30 percent!"])
+
+
+def _peak(audio: np.ndarray, start: float, end: float) -> float:
+    """Largest magnitude between two times (seconds), a sample in from each side."""
+    part = audio[round(start * 16000) + 1 : round(end * 16000) - 1]
+    return float(np.abs(part).max()) if len(part) else 0.0
+
+
+QUIET = 0.02  # speech is leveled to -24 dBFS RMS and peaks far above this; pauses hold -65 dB noise
+
+
+def test_synthesized_rows_say_where_their_speech_is(builds: tuple[Path, Path]) -> None:
+    out = builds[0]
+    tts = {r["audio_filepath"]: r for r in _rows(out / "tts")}
+    for row in tts.values():
+        audio, _ = sf.read(out / "tts" / str(row["audio_filepath"]), dtype="float32")
+        start, end, duration = row["speech_start"], row["speech_end"], float(row["duration"])
+        # The builder added 0.15-0.5 s before and 0.2-0.5 s after the engine's output, which has some
+        # silence of its own: the speech sits inside, and outside it there is silence.
+        assert 0.15 <= start < end <= duration - 0.2
+        assert _peak(audio, start, end) > 0.1
+        assert _peak(audio, 0.0, start) < QUIET and _peak(audio, end, duration) < QUIET
+    for row in _rows(out / "noisy"):
+        source = tts[Path(str(row["source"])).name]
+        assert (row["speech_start"], row["speech_end"]) == (source["speech_start"], source["speech_end"])
+
+
+def test_pause_items_record_their_sentences_and_pauses(builds: tuple[Path, Path]) -> None:
+    target = builds[0] / "pauses"
+    rows = _rows(target)
+    assert len(rows) == bench.SMALL.pause_items
+    pool = set(bench.pause_pool())
+    for row in rows:
+        segments = row["segments"]
+        assert row["kind"] == "pauses" and 2 <= len(segments) <= 3
+        assert row["text"] == " ".join(s["text"] for s in segments) and {s["text"] for s in segments} <= pool
+        assert row["speech_start"] == segments[0]["speech_start"]
+        assert row["speech_end"] == segments[-1]["speech_end"]
+        audio, _ = sf.read(target / str(row["audio_filepath"]), dtype="float32")
+        for before, after in itertools.pairwise(segments):
+            assert 1.2 - 0.001 <= after["speech_start"] - before["speech_end"] <= 2.0 + 0.001
+            assert _peak(audio, before["speech_end"], after["speech_start"]) < QUIET
+        for s in segments:
+            assert _peak(audio, s["speech_start"], s["speech_end"]) > 0.1
+            for a, b in s["pauses"]:  # inside the sentence, not a new segment
+                assert s["speech_start"] < a < b < s["speech_end"] and 0.3 - 0.001 <= b - a <= 0.45 + 0.001
+                assert _peak(audio, a, b) < QUIET
+        assert any(s["pauses"] for s in segments), "every item pauses inside a sentence at least once"
+        assert _peak(audio, 0.0, row["speech_start"]) < QUIET
+        assert _peak(audio, row["speech_end"], float(row["duration"])) < QUIET
+
+
+def test_sentences_split_at_a_comma_or_before_a_phrase() -> None:
+    assert bench.split_sentence("Yes, go ahead.") == ("Yes,", "go ahead.")
+    assert bench.split_sentence("Close all the windows before it starts raining.") == (
+        "Close all the windows",
+        "before it starts raining.",
+    )
+    assert bench.split_sentence("Open the back gate.") == ("Open the", "back gate.")
+    assert bench.split_sentence("Cancel that.") is None
+    # Every item of the full set is made of held-out sentences, and the small set is its beginning.
+    full = bench.pause_items(bench.FULL.pause_items)
+    assert bench.pause_items(bench.SMALL.pause_items) == full[: bench.SMALL.pause_items]
+    assert all(2 <= len(item) <= 3 and len(set(item)) == len(item) for item in full)
+    bench.check_sentences(bench.pause_pool())

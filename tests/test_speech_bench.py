@@ -56,10 +56,15 @@ def test_speech_bench_smoke(tmp_path: Path, audio_dir: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert set(report["modes"]) == {"edge", "cloud", "naive", "pasu"}
+    assert report["settings"]["patterns"] == ["open-mic", "push-to-talk"]
     for mode, data in report["modes"].items():
-        assert data["utterances"] == 3 and len(data["records"]) == 3
+        # Each utterance streamed once per pattern; WER over the open-mic records, latency per pattern.
+        assert data["utterances"] == 3 and len(data["records"]) == 6
+        assert data["wer_pattern"] == data["latency_pattern"] == "open-mic"
         assert 0.0 <= data["wer"] < 0.5, mode
         assert data["latency_ms"]["p50"] is not None
+        assert set(data["patterns"]) == {"open-mic", "push-to-talk"}
+        assert all(p["latency_ms"]["p50"] is not None for p in data["patterns"].values())
         assert data["edge_peak_rss_mb"] > 100
         assert data["edge_rtf"] is not None and 0 < data["edge_rtf"] < 2
     assert report["modes"]["edge"]["offload"] == 0.0
@@ -68,9 +73,10 @@ def test_speech_bench_smoke(tmp_path: Path, audio_dir: Path) -> None:
     assert report["oracle"]["wer"] <= min(report["oracle"]["edge_wer"], report["oracle"]["cloud_wer"])
     assert report["sweep"]["points"] and "operating_point" in report["sweep"]
     assert {p.name for p in plots.iterdir()} == {"latency_cdf.png", "wer_vs_offload.png", "wer_by_kind.png"}
-    assert "oracle WER" in done.stdout
+    assert "oracle WER" in done.stdout and "om = open-mic" in done.stdout
     section = (tmp_path / "B.md").read_text()
     assert "| pasu |" in section and "| naive |" in section and "Oracle" in section and "Reproduce" in section
+    assert "open-mic latency p50" in section and "push-to-talk latency p50" in section
 
 
 def test_late_contextualization_modes_compare_the_same_model(tmp_path: Path, audio_dir: Path) -> None:
@@ -81,7 +87,7 @@ def test_late_contextualization_modes_compare_the_same_model(tmp_path: Path, aud
     script = Path(sys.executable).parent / "speech-bench"
     done = subprocess.run(
         [str(script), str(manifest), "--limit", "3", "--speed", "2", "--modes", "late-ctx", "whole-enc",
-         "--edge-model", "conformer", "--out", str(out)],
+         "--edge-model", "conformer", "--pattern", "open-mic", "--out", str(out)],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
