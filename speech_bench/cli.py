@@ -6,7 +6,8 @@ decode after the endpoint fires, then threshold and escalate) and ``pasu`` (pilo
 early escalation, per-utterance choice). Two edge-only modes isolate late contextualization (PASU): in
 ``late-ctx`` the pilot encodes audio as it arrives and the final only finishes it; in ``whole-enc`` the
 same model encodes the whole utterance after the endpoint (no pilot). Neither runs a speculative final,
-so their finalization latencies compare the encoder schedules alone. ``--edge-model`` picks the edge
+so their finalization latencies compare the encoder schedules alone. ``edge-fixed`` and ``pasu-fixed`` are
+``edge`` and ``pasu`` with a fixed endpoint (``min_silence_ms`` for every pause, no adaptive endpointing). ``--edge-model`` picks the edge
 model (``EDGE_MODEL``) of every edge started. ``--sweep`` replays the recorded confidences across thresholds
 without decoding again.
 
@@ -39,8 +40,10 @@ MODES: dict[str, list[str]] = {
     "pasu": [],
     "late-ctx": ["--no-speculative"],
     "whole-enc": ["--no-pilot", "--no-speculative"],
+    "edge-fixed": ["--no-adaptive-endpoint"],
+    "pasu-fixed": ["--no-adaptive-endpoint"],
 }
-EDGE_ONLY = ("edge", "late-ctx", "whole-enc")
+EDGE_ONLY = ("edge", "late-ctx", "whole-enc", "edge-fixed")
 DEFAULT_MODES = ("edge", "cloud", "naive", "pasu")
 
 
