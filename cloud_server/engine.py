@@ -28,8 +28,10 @@ from faster_whisper.transcribe import merge_punctuations
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from cloud_server.model_store import ModelLocation
+from cloud_server.pilot import verified_prefix
 from cloud_server.results import (
     Hypothesis,
+    PilotHypothesis,
     Recognition,
     RecognizeOptions,
     Segment,
@@ -69,6 +71,20 @@ class _WindowHypothesis:
     avg_logprob: float
     no_speech_prob: float
     words: tuple[Word, ...]
+
+
+@dataclass(frozen=True)
+class _Generated:
+    """What one window's generate() gave, with the pilot tokens it was started from."""
+
+    sequences: list[list[int]]
+    scores: list[float]
+    """generate()'s scores: the log-prob of the tokens it chose (not of a forced prefix) over the length."""
+    no_speech_prob: float
+    prefix: int
+    """Verified pilot tokens every sequence starts with."""
+    prefix_logprob: float
+    """Their summed log-probability (under the distributions generate() decodes from)."""
 
 
 @dataclass(frozen=True)
@@ -201,22 +217,43 @@ class WhisperEngine:
     # -- n-best recognition (gRPC) -------------------------------------------------------
 
     def recognize(
-        self, audio: np.ndarray, options: RecognizeOptions, cancelled: threading.Event | None = None
+        self,
+        audio: np.ndarray,
+        options: RecognizeOptions,
+        cancelled: threading.Event | None = None,
+        pilot: PilotHypothesis | None = None,
     ) -> Recognition:
-        """Decode one utterance into up to ``options.n_best`` distinct hypotheses, best first."""
+        """Decode one utterance into up to ``options.n_best`` distinct hypotheses, best first.
+
+        ``pilot`` is the stream's latest pilot: for audio of one window, in the pilot's language and
+        with its prompt, the decode starts from the pilot tokens greedy decoding confirms on this
+        audio (``_generate``). Otherwise it is ignored."""
         started = time.perf_counter()
         cancelled = cancelled or threading.Event()
         duration = len(audio) / SAMPLE_RATE
-        windows = self._windows(audio)
-        language, language_probability = self._language(audio, windows, options.language)
-        tokenizer = Tokenizer(
-            self._model.hf_tokenizer, self.multilingual, task="transcribe", language=language
-        )
         per_window: list[tuple[float, list[_WindowHypothesis]]] = []
-        for start, end in windows:
+        reused = 0
+        if len(audio) <= _WINDOW_SAMPLES:
+            # One window: its encoder output serves language detection too.
             _check(cancelled)
-            hyps = self._decode_window(audio[start:end], start / SAMPLE_RATE, tokenizer, options, cancelled)
-            per_window.append(((end - start) / SAMPLE_RATE, hyps))
+            encoder_output, num_frames = self._encode(audio)
+            language, language_probability = self._language_of(encoder_output, options.language)
+            tokenizer = self._tokenizer(language)
+            pilot_tokens = self._pilot_tokens(pilot, language, options)
+            hyps, reused = self._decode_encoded(
+                encoder_output, num_frames, 0.0, tokenizer, options, cancelled, pilot_tokens
+            )
+            per_window.append((duration, hyps))
+        else:
+            windows = self._windows(audio)
+            language, language_probability = self._language(audio, windows, options.language)
+            tokenizer = self._tokenizer(language)
+            for start, end in windows:
+                _check(cancelled)
+                hyps = self._decode_window(
+                    audio[start:end], start / SAMPLE_RATE, tokenizer, options, cancelled
+                )
+                per_window.append(((end - start) / SAMPLE_RATE, hyps))
         hypotheses = _combine(per_window, options.n_best)
         return Recognition(
             hypotheses=tuple(hypotheses),
@@ -225,7 +262,57 @@ class WhisperEngine:
             audio_seconds=duration,
             model=self.name,
             processing_seconds=time.perf_counter() - started,
+            pilot_tokens=reused,
+            pilot_audio_seconds=pilot.samples / SAMPLE_RATE if pilot else 0.0,
         )
+
+    def pilot(
+        self, audio: np.ndarray, options: RecognizeOptions, cancelled: threading.Event | None = None
+    ) -> PilotHypothesis:
+        """A pilot: the greedy decode of the audio a stream has received so far (at most 30 s).
+
+        Checks ``cancelled`` between model calls, so a request arriving meanwhile waits for one call
+        at most (the encoder or the decode)."""
+        if len(audio) > _WINDOW_SAMPLES:
+            raise ValueError(f"a pilot takes at most 30 s of audio, got {len(audio) / SAMPLE_RATE:.1f} s")
+        started = time.perf_counter()
+        cancelled = cancelled or threading.Event()
+        _check(cancelled)
+        encoder_output, _ = self._encode(audio)
+        _check(cancelled)
+        language, _ = self._language_of(encoder_output, options.language)
+        tokenizer = self._tokenizer(language)
+        _check(cancelled)
+        result = self._model.model.generate(
+            encoder_output,
+            [self._prompt(tokenizer, options)],
+            beam_size=1,
+            return_scores=True,
+            return_no_speech_prob=True,
+            max_length=self._model.max_length,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )[0]
+        tokens = tuple(t for t in result.sequences_ids[0] if t < tokenizer.eot)
+        avg_logprob = float(result.scores[0]) * len(tokens) / (len(tokens) + 1)
+        if result.no_speech_prob > _NO_SPEECH_THRESHOLD and avg_logprob < _LOGPROB_THRESHOLD:
+            tokens = ()  # what the final would blank as silence is no head start
+        return PilotHypothesis(
+            tokens=tokens,
+            language=language,
+            prompt=options.prompt,
+            samples=len(audio),
+            processing_seconds=time.perf_counter() - started,
+        )
+
+    def _pilot_tokens(
+        self, pilot: PilotHypothesis | None, language: str, options: RecognizeOptions
+    ) -> tuple[int, ...]:
+        """The pilot's tokens when a final may start from them: decoded in the same language with the
+        same prompt (the tokens are verified against this audio either way)."""
+        if pilot is None or pilot.language != language or pilot.prompt != options.prompt:
+            return ()
+        return pilot.tokens[: self._max_scored_tokens]
 
     def _windows(self, audio: np.ndarray, max_seconds: float = 30.0) -> list[tuple[int, int]]:
         """Windows of at most 30 s on the original timeline, cut at pauses the VAD finds."""
@@ -240,6 +327,18 @@ class WhisperEngine:
             else:
                 windows.append([region["start"], region["end"]])
         return [(s, e) for s, e in windows]
+
+    def _language_of(
+        self, encoder_output: ctranslate2.StorageView, requested: str | None
+    ) -> tuple[str, float]:
+        """The language of one encoded window: what faster-whisper's ``detect_language`` finds for the
+        same audio (it encodes it again), from the encoder output already at hand."""
+        if not self.multilingual:
+            return "en", 1.0
+        if requested:
+            return requested, 1.0
+        token, probability = self._model.model.detect_language(encoder_output)[0][0]
+        return str(token)[2:-2], float(probability)
 
     def _language(
         self, audio: np.ndarray, windows: list[tuple[int, int]], requested: str | None
@@ -261,7 +360,7 @@ class WhisperEngine:
         cancelled: threading.Event,
     ) -> list[_WindowHypothesis]:
         encoder_output, num_frames = self._encode(audio)
-        return self._decode_encoded(encoder_output, num_frames, offset, tokenizer, options, cancelled)
+        return self._decode_encoded(encoder_output, num_frames, offset, tokenizer, options, cancelled)[0]
 
     def _encode(self, audio: np.ndarray) -> tuple[ctranslate2.StorageView, int]:
         """Encoder output of one (padded) 30 s window, and the number of frames holding audio."""
@@ -277,31 +376,23 @@ class WhisperEngine:
         tokenizer: Tokenizer,
         options: RecognizeOptions,
         cancelled: threading.Event,
-    ) -> list[_WindowHypothesis]:
-        previous = tokenizer.encode(" " + options.prompt.strip()) if options.prompt else []
-        prompt = self._model.get_prompt(tokenizer, previous, without_timestamps=True)
+        pilot: Sequence[int] = (),
+    ) -> tuple[list[_WindowHypothesis], int]:
+        """The window's hypotheses, and how many verified ``pilot`` tokens they start with."""
+        prompt = self._prompt(tokenizer, options)
         n_best = max(1, options.n_best)
         # Keep every finished beam, from a beam twice as wide as the list asked for: many beams
         # differ only in casing or punctuation and are dropped below.
         beam_size = max(options.beam_size, 2 * n_best if n_best > 1 else 1)
-        result = self._model.model.generate(
-            encoder_output,
-            [prompt],
-            beam_size=beam_size,
-            num_hypotheses=beam_size,
-            return_scores=True,
-            return_no_speech_prob=True,
-            max_length=self._model.max_length,
-            suppress_blank=True,
-            suppress_tokens=[-1],
-        )[0]
-        no_speech = float(result.no_speech_prob)
+        decoded = self._generate(encoder_output, prompt, beam_size, pilot, cancelled)
+        no_speech = decoded.no_speech_prob
         seen: set[str] = set()
         out: list[_WindowHypothesis] = []
-        for tokens, score in zip(result.sequences_ids, result.scores, strict=True):
+        for tokens, score in zip(decoded.sequences, decoded.scores, strict=True):
             text_tokens = [t for t in tokens if t < tokenizer.eot]
             text = tokenizer.decode(text_tokens).strip()
-            avg_logprob = float(score) * len(text_tokens) / (len(text_tokens) + 1)
+            # generate()'s score leaves a forced prefix out: its log-prob is added back.
+            avg_logprob = (decoded.prefix_logprob + float(score) * len(text_tokens)) / (len(text_tokens) + 1)
             if no_speech > _NO_SPEECH_THRESHOLD and avg_logprob < _LOGPROB_THRESHOLD:
                 text, text_tokens = "", []
             key = dedupe_key(text)
@@ -315,7 +406,89 @@ class WhisperEngine:
             out.append(_WindowHypothesis(text, tuple(text_tokens), avg_logprob, no_speech, words))
             if len(out) == n_best:
                 break
-        return out
+        return out, decoded.prefix
+
+    def _prompt(self, tokenizer: Tokenizer, options: RecognizeOptions) -> list[int]:
+        previous = tokenizer.encode(" " + options.prompt.strip()) if options.prompt else []
+        return list(self._model.get_prompt(tokenizer, previous, without_timestamps=True))
+
+    def _generate(
+        self,
+        encoder_output: ctranslate2.StorageView,
+        prompt: list[int],
+        beam_size: int,
+        pilot: Sequence[int],
+        cancelled: threading.Event,
+    ) -> _Generated:
+        """generate() for one window; with ``pilot`` tokens, from the longest prefix of them that
+        greedy decoding of this window would choose itself (teacher-forced on it, masked as generate()
+        masks), so a greedy decode gives what it gives without a pilot.
+
+        CTranslate2 feeds a forced prefix through the decoder one step at a time, as fast as it
+        decodes (measured on Whisper base); the greedy case therefore verifies and continues in a
+        single call when the whole pilot holds, and calls again from the verified prefix when not.
+        A wider beam verifies first (``_forced_logits``), then searches from the verified prefix: every
+        hypothesis of the n-best then starts with those tokens, where a search without a pilot might
+        have kept alternatives that differ in them.
+        """
+        options = {
+            "return_scores": True,
+            "return_no_speech_prob": True,
+            "max_length": self._model.max_length,
+            "suppress_tokens": [-1],
+        }
+        generate = self._model.model.generate
+        prefix: Sequence[int] = ()
+        prefix_logprob = 0.0
+        if pilot:
+            pilot = list(pilot)
+            if beam_size == 1:
+                result = generate(
+                    encoder_output,
+                    [prompt + pilot],
+                    beam_size=1,
+                    return_logits_vocab=True,
+                    suppress_blank=False,
+                    **options,
+                )[0]
+                rows = np.stack(
+                    [np.asarray(row, dtype=np.float32).reshape(-1) for row in result.logits[0][: len(pilot)]]
+                )
+                verified, prefix_logprob = verified_prefix(
+                    rows, pilot, self._suppress_ids, self._suppress_ids_begin
+                )
+                if verified == len(pilot):
+                    return _Generated(
+                        [list(s) for s in result.sequences_ids],
+                        [float(x) for x in result.scores],
+                        float(result.no_speech_prob),
+                        verified,
+                        prefix_logprob,
+                    )
+            else:
+                rows = self._forced_logits(np.asarray(encoder_output), prompt, [tuple(pilot)])[0]
+                verified, prefix_logprob = verified_prefix(
+                    rows, pilot, self._suppress_ids, self._suppress_ids_begin
+                )
+            prefix = pilot[:verified]
+            _check(cancelled)
+        result = generate(
+            encoder_output,
+            [prompt + list(prefix)],
+            beam_size=beam_size,
+            num_hypotheses=beam_size,
+            # The blank/end-of-text mask belongs to the first token only; generate() would apply
+            # it to the first token after a prefix, which the decode without a pilot never does.
+            suppress_blank=not prefix,
+            **options,
+        )[0]
+        return _Generated(
+            [list(s) for s in result.sequences_ids],
+            [float(x) for x in result.scores],
+            float(result.no_speech_prob),
+            len(prefix),
+            prefix_logprob,
+        )
 
     def _align(
         self, tokenizer: Tokenizer, tokens: list[int], encoder_output: object, num_frames: int, offset: float
@@ -447,6 +620,7 @@ class WhisperEngine:
         edge: Sequence[EdgeCandidate],
         weights: SecondPassWeights,
         cancelled: threading.Event | None = None,
+        pilot: PilotHypothesis | None = None,
     ) -> Recognition:
         """The second pass: the cloud's 3 best and the edge's n-best, ranked by ``weights`` over
         Whisper's teacher-forced scores (one encoder pass for decoding, scoring and word times).
@@ -457,17 +631,21 @@ class WhisperEngine:
         to look more certain than Whisper finds it; the order is the combined score's, and the
         confidences need not decrease along it. Without edge hypotheses, or for audio over 30 s
         (several windows), this is plain ``recognize()``. Edge texts beyond the first
-        ``SECOND_PASS_MAX_EDGE`` or too long to score are ignored.
+        ``SECOND_PASS_MAX_EDGE`` or too long to score are ignored. The cloud's candidates start from
+        ``pilot`` as in ``recognize()``.
         """
         if not edge or len(audio) > _WINDOW_SAMPLES:
-            return self.recognize(audio, options, cancelled)
+            return self.recognize(audio, options, cancelled, pilot)
         started = time.perf_counter()
         cancelled = cancelled or threading.Event()
-        language, language_probability = self._language(audio, [(0, len(audio))], options.language)
-        tokenizer = self._tokenizer(language)
         encoder_output, num_frames = self._encode(audio)
+        language, language_probability = self._language_of(encoder_output, options.language)
+        tokenizer = self._tokenizer(language)
         wide = replace(options, n_best=max(options.n_best, SECOND_PASS_CLOUD_N_BEST), word_timestamps=False)
-        cloud = self._decode_encoded(encoder_output, num_frames, 0.0, tokenizer, wide, cancelled)
+        pilot_tokens = self._pilot_tokens(pilot, language, options)
+        cloud, reused = self._decode_encoded(
+            encoder_output, num_frames, 0.0, tokenizer, wide, cancelled, pilot_tokens
+        )
         _check(cancelled)
         tokens = {h.text: self._tokens(tokenizer, h.text) for h in edge[:SECOND_PASS_MAX_EDGE]}
         usable = [h for h in edge[:SECOND_PASS_MAX_EDGE] if len(tokens[h.text]) <= self._max_scored_tokens]
@@ -504,6 +682,8 @@ class WhisperEngine:
             audio_seconds=len(audio) / SAMPLE_RATE,
             model=self.name,
             processing_seconds=time.perf_counter() - started,
+            pilot_tokens=reused,
+            pilot_audio_seconds=pilot.samples / SAMPLE_RATE if pilot else 0.0,
         )
 
     # -- timed transcripts (REST) ------------------------------------------------------

@@ -13,10 +13,12 @@ from grpc_reflection.v1alpha import reflection
 from cloud_server.audio import InvalidAudioError, check_duration, pcm16_to_float
 from cloud_server.auth import bearer_ok
 from cloud_server.engine import EdgeCandidate, RequestCancelledError
+from cloud_server.pilot import LatestPilot
 from cloud_server.pool import OverloadedError
 from cloud_server.results import Recognition, RecognizeOptions
 from cloud_server.runtime import CloudRuntime, ModelNotReadyError
 from cloud_server.settings import CloudSettings
+from cloud_server.stream_pilots import StreamPilots
 from protos import speech_pb2, speech_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ def to_proto(result: Recognition, utterance_id: str) -> speech_pb2.RecognizeResp
         model=result.model,
         processing_seconds=result.processing_seconds,
         audio_seconds=result.audio_seconds,
+        pilot_tokens=result.pilot_tokens,
     )
 
 
@@ -75,6 +78,7 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
         config: speech_pb2.RecognitionConfig,
         audio_bytes: bytes,
         edge_context: speech_pb2.EdgeContext,
+        pilot: LatestPilot | None = None,
     ) -> speech_pb2.RecognizeResponse:
         counter = self._runtime.metrics.requests
         utterance_id = edge_context.utterance_id
@@ -83,7 +87,7 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
         try:
             options = self._options(config)
             audio = pcm16_to_float(audio_bytes, config.sample_rate_hz, self._runtime.settings.max_audio_s)
-            result = await self._runtime.recognize(audio, options, edge)
+            result = await self._runtime.recognize(audio, options, edge, pilot)
         except InvalidAudioError as exc:
             counter.labels("grpc", method, "INVALID_ARGUMENT").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -100,12 +104,20 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
             await context.abort(grpc.StatusCode.CANCELLED, "request cancelled")
         counter.labels("grpc", method, "OK").inc()
         log.info(
-            "recognized utterance=%s audio=%.2fs in %.2fs hyps=%d",
+            "recognized utterance=%s audio=%.2fs in %.2fs hyps=%d pilot_tokens=%d pilot_audio=%.2fs",
             utterance_id or "-",
             result.audio_seconds,
             result.processing_seconds,
             len(result.hypotheses),
-            extra={"utterance_id": utterance_id, "method": method, "audio_s": round(result.audio_seconds, 3)},
+            result.pilot_tokens,
+            result.pilot_audio_seconds,
+            extra={
+                "utterance_id": utterance_id,
+                "method": method,
+                "audio_s": round(result.audio_seconds, 3),
+                "pilot_tokens": result.pilot_tokens,
+                "pilot_audio_s": round(result.pilot_audio_seconds, 3),
+            },
         )
         return to_proto(result, utterance_id)
 
@@ -121,38 +133,60 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
     ) -> AsyncIterator[speech_pb2.StreamingRecognizeResponse]:
         config: speech_pb2.RecognitionConfig | None = None
         edge_context = speech_pb2.EdgeContext()
-        chunks: list[bytes] = []
-        size = 0
+        pcm = bytearray()
         max_bytes = int(self._runtime.settings.max_audio_s * 16000 * 2)
-        async for message in request_iterator:
-            kind = message.WhichOneof("request")
-            if config is None and kind != "streaming_config":
-                await self._invalid(context, "the first message must carry streaming_config")
-            if kind == "streaming_config":
-                if config is not None:
-                    await self._invalid(context, "streaming_config may only be sent once, first")
-                config = message.streaming_config.config
-                edge_context = message.streaming_config.context
-                if config.sample_rate_hz not in (0, 16000):
-                    await self._invalid(
-                        context,
-                        f"unsupported sample_rate_hz {config.sample_rate_hz}: send 16000 Hz PCM16 mono",
-                    )
-            elif kind == "audio":
-                size += len(message.audio)
-                if size > max_bytes:
-                    try:
-                        check_duration(size / 32000, self._runtime.settings.max_audio_s)
-                    except InvalidAudioError as exc:
-                        await self._invalid(context, str(exc))
-                chunks.append(message.audio)
-            elif kind == "context":
-                edge_context = message.context
-        if config is None:
-            await self._invalid(context, "empty stream: send streaming_config, then audio")
-            return
-        response = await self._run(context, "StreamingRecognize", config, b"".join(chunks), edge_context)
-        yield speech_pb2.StreamingRecognizeResponse(result=response)
+        pilots: StreamPilots | None = None
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("request")
+                if config is None and kind != "streaming_config":
+                    await self._invalid(context, "the first message must carry streaming_config")
+                if kind == "streaming_config":
+                    if config is not None:
+                        await self._invalid(context, "streaming_config may only be sent once, first")
+                    config = message.streaming_config.config
+                    edge_context = message.streaming_config.context
+                    if config.sample_rate_hz not in (0, 16000):
+                        await self._invalid(
+                            context,
+                            f"unsupported sample_rate_hz {config.sample_rate_hz}: send 16000 Hz PCM16 mono",
+                        )
+                    pilots = self._pilots(config, edge_context.utterance_id)
+                elif kind == "audio":
+                    if len(pcm) + len(message.audio) > max_bytes:
+                        try:
+                            check_duration(
+                                (len(pcm) + len(message.audio)) / 32000, self._runtime.settings.max_audio_s
+                            )
+                        except InvalidAudioError as exc:
+                            await self._invalid(context, str(exc))
+                    pcm.extend(message.audio)
+                    if pilots is not None:
+                        pilots.on_audio(pcm)
+                elif kind == "context":
+                    edge_context = message.context
+            if config is None:
+                await self._invalid(context, "empty stream: send streaming_config, then audio")
+                return
+            latest = pilots.latest if pilots is not None else None
+            response = await self._run(
+                context, "StreamingRecognize", config, bytes(pcm), edge_context, latest
+            )
+            yield speech_pb2.StreamingRecognizeResponse(result=response)
+        finally:
+            if pilots is not None:
+                pilots.close()
+
+    def _pilots(self, config: speech_pb2.RecognitionConfig, utterance_id: str) -> StreamPilots | None:
+        """The stream's pilots, when the settings want them and the config is valid (an invalid one
+        is reported when the stream ends, as without pilots)."""
+        if not self._runtime.settings.pilot:
+            return None
+        try:
+            options = self._options(config)
+        except InvalidAudioError:
+            return None
+        return StreamPilots(self._runtime, options, utterance_id)
 
     async def _invalid(self, context: grpc.aio.ServicerContext[Any, Any], message: str) -> None:
         self._runtime.metrics.requests.labels("grpc", "StreamingRecognize", "INVALID_ARGUMENT").inc()

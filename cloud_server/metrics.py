@@ -34,3 +34,15 @@ class CloudMetrics:
         )
         self.queue_depth.set_function(queue_depth)
         self.model_loaded = Gauge("cloud_model_loaded", "1 once the model is loaded", registry=self.registry)
+        self.pilots = Counter(
+            "cloud_pilots",
+            "Pilots of StreamingRecognize streams: started, completed, cancelled (a request needed the "
+            "worker), failed, skipped (due while the pool was busy)",
+            ["event"],
+            registry=self.registry,
+        )
+        self.pilot_tokens = Counter(
+            "cloud_pilot_tokens",
+            "Tokens finals took from their stream's pilot after verifying them on the full audio",
+            registry=self.registry,
+        )

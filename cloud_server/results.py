@@ -34,6 +34,25 @@ class Recognition:
     audio_seconds: float
     model: str
     processing_seconds: float = 0.0
+    pilot_tokens: int = 0
+    """Leading tokens of the best hypothesis taken from the stream's pilot after verification on the
+    full audio (0 without a usable pilot)."""
+    pilot_audio_seconds: float = 0.0
+    """Audio the pilot had decoded (0 without a pilot)."""
+
+
+@dataclass(frozen=True)
+class PilotHypothesis:
+    """The cloud's pilot: a greedy decode of the audio a stream had received so far."""
+
+    tokens: tuple[int, ...]
+    """Text tokens (no special tokens); empty when the audio so far held no speech."""
+    language: str
+    prompt: str | None
+    """The request's prompt the pilot was conditioned on: a final with another prompt cannot use it."""
+    samples: int
+    """Audio samples the pilot decoded (from the start of the stream)."""
+    processing_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

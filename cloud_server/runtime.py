@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
+from cloud_server.audio import SAMPLE_RATE
 from cloud_server.engine import EdgeCandidate, SecondPassWeights, WhisperEngine
 from cloud_server.metrics import CloudMetrics
 from cloud_server.model_store import ModelLocation, resolve_model
-from cloud_server.pool import InferencePool
-from cloud_server.results import Recognition, RecognizeOptions, TranscribeOptions, Transcript
+from cloud_server.pilot import LatestPilot
+from cloud_server.pool import BackgroundJob, InferencePool
+from cloud_server.results import (
+    PilotHypothesis,
+    Recognition,
+    RecognizeOptions,
+    TranscribeOptions,
+    Transcript,
+)
 from cloud_server.settings import CloudSettings
 
 log = logging.getLogger(__name__)
@@ -88,19 +97,47 @@ class CloudRuntime:
         return self._engine
 
     async def recognize(
-        self, audio: np.ndarray, options: RecognizeOptions, edge: Sequence[EdgeCandidate] = ()
+        self,
+        audio: np.ndarray,
+        options: RecognizeOptions,
+        edge: Sequence[EdgeCandidate] = (),
+        pilot: LatestPilot | None = None,
     ) -> Recognition:
-        """The cloud's n-best; with the edge's hypotheses and the second pass on, the merged ranking."""
+        """The cloud's n-best; with the edge's hypotheses and the second pass on, the merged ranking.
+
+        ``pilot`` holds the stream's pilots: the latest one is read when the decode starts on its
+        worker, so a pilot that finished while the request waited is used."""
         engine = self._require()
         weights = self.second_pass
-        if edge and weights is not None:
-            result = await self.pool.run(
-                lambda cancel: engine.recognize_with_edge(audio, options, edge, weights, cancel)
-            )
-        else:
-            result = await self.pool.run(lambda cancel: engine.recognize(audio, options, cancel))
+
+        def work(cancel: threading.Event) -> Recognition:
+            latest = pilot.get() if pilot is not None else None
+            if edge and weights is not None:
+                return engine.recognize_with_edge(audio, options, edge, weights, cancel, latest)
+            return engine.recognize(audio, options, cancel, latest)
+
+        result = await self.pool.run(work)
         self._observe("recognize", result.processing_seconds, result.audio_seconds)
+        if result.pilot_tokens:
+            self.metrics.pilot_tokens.inc(result.pilot_tokens)
         return result
+
+    def start_pilot(
+        self, audio: np.ndarray, options: RecognizeOptions, latest: LatestPilot
+    ) -> BackgroundJob[PilotHypothesis] | None:
+        """Start a pilot on ``audio`` if the pool is idle (``None`` when busy or still loading); its
+        result goes to ``latest`` from the worker thread, before any request queued behind it runs."""
+        engine = self._engine
+        if engine is None:
+            return None
+
+        def work(cancel: threading.Event) -> PilotHypothesis:
+            result = engine.pilot(audio, options, cancel)
+            latest.offer(result)
+            self._observe("pilot", result.processing_seconds, result.samples / SAMPLE_RATE)
+            return result
+
+        return self.pool.try_background(work)
 
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         engine = self._require()

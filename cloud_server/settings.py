@@ -58,6 +58,18 @@ class CloudSettings(BaseSettings):
     over 30 s skip it."""
     second_pass_weights: Path = Path(__file__).with_name("second_pass.json")
     """Versioned JSON with the second pass's weights (as scripts/eval_second_pass.py writes it)."""
+    pilot: bool = False
+    """Cloud pilots: while a StreamingRecognize stream is open and the inference pool has nothing else to
+    run, greedily decode the audio received so far; the final decode teacher-forces the latest pilot's
+    tokens on the full audio and decodes only from the first one greedy decoding would not have chosen.
+    Greedy finals (beam 1, n-best 1) are the same as without pilots; with a wider beam every hypothesis
+    starts with the verified tokens. A request arriving meanwhile (the stream's own final too) cancels a
+    running pilot, but waits for the model call it is in (the encoder or its decode). Off by default:
+    CTranslate2 feeds a forced prefix through the decoder one step at a time, which costs what decoding
+    it does, so on CPU finals came out slower with pilots (scripts/bench_cloud_pilot.py)."""
+    pilot_interval_s: float = Field(default=1.0, ge=0.1, le=30.0)
+    """Audio a stream must receive since its last pilot started (and before its first) for another to
+    run; at most one pilot per stream is in flight. Streams past 30 s get no more pilots."""
 
     tls_cert_file: Path | None = None
     """PEM server certificate (chain): serve gRPC and REST over TLS."""

@@ -270,6 +270,7 @@ class RecognizeResponse(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     PROCESSING_SECONDS_FIELD_NUMBER: _builtins.int
     AUDIO_SECONDS_FIELD_NUMBER: _builtins.int
+    PILOT_TOKENS_FIELD_NUMBER: _builtins.int
     utterance_id: _builtins.str
     language: _builtins.str
     language_probability: _builtins.float
@@ -278,6 +279,11 @@ class RecognizeResponse(_message.Message):
     processing_seconds: _builtins.float
     """Server-side time spent on this request (queue wait excluded)."""
     audio_seconds: _builtins.float
+    pilot_tokens: _builtins.int
+    """StreamingRecognize: how many leading tokens of the cloud's decode came from its pilot (a decode
+    of the audio received before the stream half-closed) after verification on the full audio;
+    every cloud hypothesis starts with them. 0 without a usable pilot, and for Recognize.
+    """
     @_builtins.property
     def hypotheses(self) -> _containers.RepeatedCompositeFieldContainer[Global___Hypothesis]:
         """Best first, distinct texts."""
@@ -292,10 +298,11 @@ class RecognizeResponse(_message.Message):
         model: _builtins.str = ...,
         processing_seconds: _builtins.float = ...,
         audio_seconds: _builtins.float = ...,
+        pilot_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "hypotheses", b"hypotheses", "language", b"language", "language_probability", b"language_probability", "model", b"model", "processing_seconds", b"processing_seconds", "utterance_id", b"utterance_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "hypotheses", b"hypotheses", "language", b"language", "language_probability", b"language_probability", "model", b"model", "pilot_tokens", b"pilot_tokens", "processing_seconds", b"processing_seconds", "utterance_id", b"utterance_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -66,7 +66,8 @@ class CloudRecognizerServicer:
         """The first message carries `streaming_config`; audio chunks follow; the
         edge may send an updated `context` at any point (for example its final
         hypotheses after an early escalation). The server answers once the client
-        half-closes the stream.
+        half-closes the stream; while audio arrives it may decode what it has so far
+        (a pilot) and start the final decode from the part the full audio confirms.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

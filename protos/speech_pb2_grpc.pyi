@@ -42,7 +42,8 @@ class CloudRecognizerStub:
     """The first message carries `streaming_config`; audio chunks follow; the
     edge may send an updated `context` at any point (for example its final
     hypotheses after an early escalation). The server answers once the client
-    half-closes the stream.
+    half-closes the stream; while audio arrives it may decode what it has so far
+    (a pilot) and start the final decode from the part the full audio confirms.
     """
 
 @_typing.type_check_only
@@ -59,7 +60,8 @@ class CloudRecognizerAsyncStub(CloudRecognizerStub):
     """The first message carries `streaming_config`; audio chunks follow; the
     edge may send an updated `context` at any point (for example its final
     hypotheses after an early escalation). The server answers once the client
-    half-closes the stream.
+    half-closes the stream; while audio arrives it may decode what it has so far
+    (a pilot) and start the final decode from the part the full audio confirms.
     """
 
 class CloudRecognizerServicer(metaclass=_abc_1.ABCMeta):
@@ -85,7 +87,8 @@ class CloudRecognizerServicer(metaclass=_abc_1.ABCMeta):
         """The first message carries `streaming_config`; audio chunks follow; the
         edge may send an updated `context` at any point (for example its final
         hypotheses after an early escalation). The server answers once the client
-        half-closes the stream.
+        half-closes the stream; while audio arrives it may decode what it has so far
+        (a pilot) and start the final decode from the part the full audio confirms.
         """
 
 def add_CloudRecognizerServicer_to_server(servicer: CloudRecognizerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

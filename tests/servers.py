@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from cloud_server.service import CloudServer, SignalFreeServer
@@ -49,6 +50,21 @@ class ThreadedCloud:
     @property
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.server.grpc_port}"
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """One sample of the server's Prometheus registry (0 when it was never recorded)."""
+        value = self.server.runtime.metrics.registry.get_sample_value(name, labels or {})
+        return float(value or 0.0)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def cloud_settings(cache_dir: str, **overrides: Any) -> CloudSettings:
