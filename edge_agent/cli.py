@@ -55,6 +55,13 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="decode only after the endpoint fires (EDGE_SPECULATIVE)",
     )
     p.add_argument(
+        "--no-speculative-escalation",
+        dest="speculative_escalation",
+        action="store_const",
+        const=False,
+        help="ask the cloud only after the endpoint (EDGE_SPECULATIVE_ESCALATION)",
+    )
+    p.add_argument(
         "--no-adaptive-endpoint",
         dest="adaptive_endpoint",
         action="store_const",

@@ -34,12 +34,14 @@ from edge_agent.audio.endpoint import (
 )
 from edge_agent.audio.ring import RingBuffer
 from edge_agent.confidence import cloud_p_wrong, pilot_agreement
+from edge_agent.escalation.client import CloudUnavailable
 from edge_agent.escalation.context import edge_context
 from edge_agent.offramp import EscalationPlan, Reason, choose, plan_escalation
 
 if TYPE_CHECKING:
     from edge_agent.escalation.client import CloudResult, CloudStream
     from edge_agent.recognizer import Recognizer
+    from protos import speech_pb2
 
 log = logging.getLogger(__name__)
 RATE = 16000
@@ -75,6 +77,8 @@ class Utterance:
     """VAD probabilities since the current pause began (adaptive endpointing)."""
     endpoint: str | None = None
     """Adaptive endpointing's verdict on the current pause."""
+    cloud_ahead: asyncio.Task[CloudResult] | None = None
+    """A speculative escalation: the cloud asked at the speculative final, for ``speculative_end``."""
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -173,6 +177,8 @@ class Session:
         utt = self._utt
         if utt is not None and utt.early is not None:
             utt.early.cancel()
+        if utt is not None and utt.cloud_ahead is not None:
+            utt.cloud_ahead.cancel()
 
     # -- endpointing ---------------------------------------------------------------------
 
@@ -191,6 +197,9 @@ class Session:
             self._utt.silence_at = None
             self._utt.pause_vad.clear()
             self._utt.endpoint = None
+            if self._utt.cloud_ahead is not None:
+                self._utt.cloud_ahead.cancel()  # asked about audio the speaker has since added to
+                self._utt.cloud_ahead = None
             if self._utt.speculative is not None:
                 self._utt.speculative.cancel()  # the speaker went on: that decode is stale
                 self._utt.speculative = None
@@ -212,8 +221,7 @@ class Session:
             if utt.speculative is None and self.rec.settings.speculative and now >= end:
                 utt.speculative_end = end
                 utt.speculative = asyncio.ensure_future(self._run_final(utt, end))
-                if self._adaptive is not None:
-                    utt.speculative.add_done_callback(lambda f: self._on_speculative(utt, f))
+                utt.speculative.add_done_callback(lambda f: self._on_speculative(utt, f))
             if not caps.native_streaming:
                 return  # a re-decoding pilot in a pause would only repeat the speculative final
         if self._pilot_due(utt, now):
@@ -222,11 +230,15 @@ class Session:
             future.add_done_callback(lambda f: self._on_pilot(utt, f))
 
     def _on_speculative(self, utt: Utterance, future: asyncio.Future[FinalOutcome]) -> None:
-        """Adaptive endpointing: the speculative final is in; it decides how long this pause must last."""
-        if self._adaptive is None or self.closed or self._utt is not utt or utt.speculative is not future:
+        """The speculative final is in: ask the cloud now if the final will escalate, and let adaptive
+        endpointing decide how long this pause must last."""
+        if self.closed or self._utt is not utt or utt.speculative is not future:
             return  # the speaker went on (the decode is stale) or the utterance already ended
         if future.cancelled() or future.exception() is not None:
             return  # the fixed silence ends it; _finalize reports a failed decode
+        self._escalate_ahead(utt, future.result(), utt.speculative_end)
+        if self._adaptive is None:
+            return
         d = future.result().decoded
         evidence = EndpointEvidence(
             text=d.text,
@@ -241,6 +253,36 @@ class Session:
         log.debug("endpoint %s: %s, %d ms (%s)", utt.id, decision.verdict, decision.silence_ms, decision.why)
         for event in self._endpointer.set_pause_silence(decision.silence_ms):
             self._on_endpoint(event)
+
+    def _plan(self, utt: Utterance, d: Decoded, end: int) -> EscalationPlan:
+        """Escalate or not, from a final decode of the utterance up to ``end``."""
+        s = self.rec.settings
+        duration = (end - utt.start) / RATE
+        decision = self.rec.policy.at_final(
+            d.tokens, duration, self._speech_ratio(utt.start, end), self._agreement(d, utt.pilot), d.finished
+        )
+        return plan_escalation(
+            decision, d.stopped, utt.early is not None, s.always_cloud, self.rec.escalator is not None
+        )
+
+    def _escalate_ahead(self, utt: Utterance, outcome: FinalOutcome, end: int) -> None:
+        """Speculative escalation: when the speculative final will escalate, its cloud request starts now,
+        while the endpoint still waits for silence, and is dropped if the speaker goes on. An utterance
+        already streaming to the cloud (early escalation) has its own head start."""
+        escalator = self.rec.escalator
+        if not self.rec.settings.speculative_escalation or escalator is None or utt.early is not None:
+            return
+        plan = self._plan(utt, outcome.decoded, end)
+        if not plan.escalate or plan.reason is None:
+            return
+        duration = (end - utt.start) / RATE
+        reason = plan.reason
+
+        async def ask() -> CloudResult:
+            context, pcm = await self._cloud_request(utt, outcome, plan.p_edge, reason, duration)
+            return await escalator.try_recognize(context, pcm, self.rec.settings.cloud_deadline_s)
+
+        utt.cloud_ahead = asyncio.ensure_future(ask())
 
     def _pilot_due(self, utt: Utterance, now: int) -> bool:
         s = self.rec.settings
@@ -337,6 +379,9 @@ class Session:
         else:
             if utt.speculative is not None:
                 utt.speculative.cancel()
+            if utt.cloud_ahead is not None:
+                utt.cloud_ahead.cancel()
+                utt.cloud_ahead = None
             decode = asyncio.ensure_future(self._run_final(utt, end))
         previous = self._last_final
         task = asyncio.ensure_future(self._complete(utt, decode, end, reason, previous))
@@ -381,12 +426,7 @@ class Session:
         d = outcome.decoded
         duration = (end - utt.start) / RATE
         s = self.rec.settings
-        decision = self.rec.policy.at_final(
-            d.tokens, duration, self._speech_ratio(utt.start, end), self._agreement(d, utt.pilot), d.finished
-        )
-        plan = plan_escalation(
-            decision, d.stopped, utt.early is not None, s.always_cloud, self.rec.escalator is not None
-        )
+        plan = self._plan(utt, d, end)
         cloud = events.NO_CLOUD
         p_edge = plan.p_edge
         if plan.escalate:
@@ -422,29 +462,46 @@ class Session:
         edge = events.EdgeVerdict(d.text, p_edge, self.rec.model.words(d.tokens), d.reused_tokens)
         self._emit(events.final(span, edge, cloud, source, reason, latency, time.monotonic() - endpoint_at))
 
-    async def _ask_cloud(
-        self, utt: Utterance, outcome: FinalOutcome, plan: EscalationPlan, duration: float, endpoint_at: float
-    ) -> events.CloudVerdict:
-        """Send the escalated utterance (with the edge's n-best) to the cloud, within the live deadline."""
-        escalator, settings, model = self.rec.escalator, self.rec.settings, self.rec.model
-        assert escalator is not None and plan.reason is not None
-        if plan.count_now:
-            self.rec.metrics.escalations.labels(plan.reason.value).inc()
+    async def _cloud_request(
+        self, utt: Utterance, outcome: FinalOutcome, p_edge: float, reason: Reason, duration: float
+    ) -> tuple[speech_pb2.EdgeContext, bytes]:
+        """The escalation's context (with the edge's n-best when asked for) and audio."""
+        settings, model = self.rec.settings, self.rec.model
         alternatives: list[Hypothesis] = []
         caps, n = model.capabilities, settings.edge_n_best
         if n > 1 and caps.n_best and (caps.max_audio_s is None or duration <= caps.max_audio_s):
             stream = utt.stream
             alternatives = await self.rec.worker.run_final(lambda: stream.n_best(n))
         d = outcome.decoded
-        context = edge_context(utt.id, d, plan.p_edge, plan.reason, model.name, True, alternatives)
-        deadline = max(0.05, settings.cloud_deadline_s - (time.monotonic() - endpoint_at))
-        pcm = float_to_pcm16(outcome.audio)
-        if utt.early is not None:
-            cloud = await escalator.finish_early(utt.early, self.id, context, pcm, deadline)
-        else:
-            cloud = await escalator.recognize(self.id, context, pcm, deadline)
+        context = edge_context(utt.id, d, p_edge, reason, model.name, True, alternatives)
+        return context, float_to_pcm16(outcome.audio)
+
+    async def _ask_cloud(
+        self, utt: Utterance, outcome: FinalOutcome, plan: EscalationPlan, duration: float, endpoint_at: float
+    ) -> events.CloudVerdict:
+        """Send the escalated utterance (with the edge's n-best) to the cloud, within the live deadline;
+        a speculative escalation of the same audio answers instead when it succeeded."""
+        escalator, settings = self.rec.escalator, self.rec.settings
+        assert escalator is not None and plan.reason is not None
+        if plan.count_now:
+            self.rec.metrics.escalations.labels(plan.reason.value).inc()
+        cloud: CloudResult | None = None
+        ahead, utt.cloud_ahead = utt.cloud_ahead, None
+        if ahead is not None:
+            try:
+                cloud = await ahead
+            except CloudUnavailable:
+                cloud = None  # the regular request below tries again, and queues on failure
+        if cloud is None:
+            context, pcm = await self._cloud_request(utt, outcome, plan.p_edge, plan.reason, duration)
+            deadline = max(0.05, settings.cloud_deadline_s - (time.monotonic() - endpoint_at))
+            if utt.early is not None:
+                cloud = await escalator.finish_early(utt.early, self.id, context, pcm, deadline)
+            else:
+                cloud = await escalator.recognize(self.id, context, pcm, deadline)
         if cloud is None:
             return events.CloudVerdict(None, None, pending=True)
+        d = outcome.decoded
         p_cloud = self._cloud_p_wrong(cloud, d.text, duration) if cloud.hypotheses else None
         return events.CloudVerdict(cloud, p_cloud, pending=False)
 

@@ -84,6 +84,9 @@ class EdgeSettings(BaseSettings):
     """No pilot before this much speech."""
     pilot_min_new_audio_ms: int = Field(default=400, ge=50)
     """A new pilot needs at least this much new audio since the last one."""
+    speculative_escalation: bool = True
+    """When the speculative final would escalate, ask the cloud at once, while the endpoint waits for
+    silence (dropped if the speaker goes on); off: ask after the endpoint (needs ``speculative``)."""
     offramps: bool = True
     """Escalate early from pilots and stop hopeless final decodes (off: decide after the final decode)."""
     always_cloud: bool = False

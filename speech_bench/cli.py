@@ -7,9 +7,10 @@ early escalation, per-utterance choice). Two edge-only modes isolate late contex
 ``late-ctx`` the pilot encodes audio as it arrives and the final only finishes it; in ``whole-enc`` the
 same model encodes the whole utterance after the endpoint (no pilot). Neither runs a speculative final,
 so their finalization latencies compare the encoder schedules alone. ``edge-fixed`` and ``pasu-fixed`` are
-``edge`` and ``pasu`` with a fixed endpoint (``min_silence_ms`` for every pause, no adaptive endpointing). ``--edge-model`` picks the edge
-model (``EDGE_MODEL``) of every edge started. ``--sweep`` replays the recorded confidences across thresholds
-without decoding again.
+``edge`` and ``pasu`` with a fixed endpoint (``min_silence_ms`` for every pause, no adaptive endpointing);
+``pasu-late-cloud`` asks the cloud only after the endpoint (no speculative escalation). ``--edge-model`` picks
+the edge model (``EDGE_MODEL``) of every edge started. ``--sweep`` replays the recorded confidences across
+thresholds without decoding again.
 
 ``--pattern`` picks how each utterance is streamed (``speech_bench.streaming``): ``open-mic`` (silence
 goes on after the speech until the final comes; the headline), ``push-to-talk`` (``stop`` right after
@@ -42,6 +43,7 @@ MODES: dict[str, list[str]] = {
     "whole-enc": ["--no-pilot", "--no-speculative"],
     "edge-fixed": ["--no-adaptive-endpoint"],
     "pasu-fixed": ["--no-adaptive-endpoint"],
+    "pasu-late-cloud": ["--no-speculative-escalation"],
 }
 EDGE_ONLY = ("edge", "late-ctx", "whole-enc", "edge-fixed")
 DEFAULT_MODES = ("edge", "cloud", "naive", "pasu")

@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_agent.asr.interface import Capabilities, Decoded, Hypothesis, StopCheck, TokenInfo, YieldCheck
 from edge_agent.confidence import CLOUD_FEATURES, EDGE_FEATURES
-from edge_agent.escalation.client import CloudHypothesis, CloudResult, CloudWord
+from edge_agent.escalation.client import CloudHypothesis, CloudResult, CloudUnavailable, CloudWord
 from tests.edge_client import pcm16 as pcm
 
 __all__ = ["pcm"]
@@ -225,6 +225,8 @@ class FakeEscalator:
         self.contexts: list[Any] = []
         self.streams: list[FakeCloudStream] = []
         self.queue_depth = 0
+        self.ahead = 0
+        """Speculative escalations asked (``try_recognize``)."""
 
     def status(self) -> str:
         return "closed"
@@ -238,6 +240,13 @@ class FakeEscalator:
     ) -> CloudResult | None:
         self.contexts.append(context)
         return cloud_result(self.answer) if self.answer is not None else None
+
+    async def try_recognize(self, context: Any, pcm: bytes, deadline_s: float) -> CloudResult:
+        self.contexts.append(context)
+        self.ahead += 1
+        if self.answer is None:
+            raise CloudUnavailable("scripted: no answer", retryable=True)
+        return cloud_result(self.answer)
 
     def open_early(self, session_id: str, context: Any) -> FakeCloudStream:
         self.contexts.append(context)

@@ -361,3 +361,51 @@ def test_a_stopped_decode_is_finished_when_the_cloud_cannot_answer(tmp_path: Pat
     ]  # fmt: skip
     (correction,) = _of(events, "correction")
     assert correction["source"] == "cloud" and correction["edge_confidence"] == final["edge_confidence"]
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_speculative_escalation_asks_the_cloud_before_the_endpoint(tmp_path: Path, ahead: bool) -> None:
+    model = FakeModel()
+    cloud = FakeEscalator("cloud words")
+    events: list[dict[str, Any]] = []
+    asked_at_endpoint: list[int] = []
+
+    async def scenario(rec: Recognizer) -> None:
+        session = Session(rec, RATE, "pcm_s16le", session_id="s")
+        await _feed(session, np.concatenate([LEAD, speech(*HARD), silence(0.3)]))  # pause under 500 ms
+        asked_at_endpoint.append(cloud.ahead)
+        await _feed(session, GAP)
+        await session.finish()
+        events.extend(_drain(session))
+
+    rec = _rec(tmp_path, model, cloud, pilot=False, offramps=False, speculative_escalation=ahead)
+    _run(rec, scenario)
+    (final,) = _of(events, "final")
+    assert final["source"] == "cloud" and final["text"] == "cloud words"
+    if ahead:
+        # Asked during the pause, before the endpoint fired; the final took that answer (one request).
+        assert asked_at_endpoint == [1] and cloud.ahead == 1 and len(cloud.contexts) == 1
+    else:
+        assert asked_at_endpoint == [0] and cloud.ahead == 0 and len(cloud.contexts) == 1
+
+
+def test_a_speculative_escalation_is_dropped_when_speech_resumes(tmp_path: Path) -> None:
+    model = FakeModel()
+    cloud = FakeEscalator("cloud words")
+    after = (0.9, 0.85)
+    audio = np.concatenate([LEAD, speech(*HARD), silence(BLOCK / RATE), speech(*after), GAP])
+    events = _stream(_rec(tmp_path, model, cloud, pilot=False, offramps=False), audio)
+    (final,) = _of(events, "final")
+    assert final["edge_text"] == words_for(*HARD, *after)
+    # One request at each pause; the final used the second (the whole utterance's).
+    assert cloud.ahead == 2
+    assert [c.n_best[0].text for c in cloud.contexts] == [words_for(*HARD), words_for(*HARD, *after)]
+
+
+def test_a_failed_speculative_escalation_falls_back_and_queues(tmp_path: Path) -> None:
+    cloud = FakeEscalator(None)  # no answer: the speculative attempt fails, the regular one queues
+    events = _stream(_rec(tmp_path, FakeModel(), cloud, pilot=False, offramps=False),
+                     np.concatenate([LEAD, speech(*HARD), GAP]))  # fmt: skip
+    (final,) = _of(events, "final")
+    assert final["cloud_pending"] and final["source"] == "edge" and final["text"] == words_for(*HARD)
+    assert cloud.ahead == 1 and len(cloud.contexts) == 2

@@ -73,6 +73,17 @@ class Escalator:
             await self._failed(exc, session_id, context, pcm)
             return None
 
+    async def try_recognize(
+        self, context: speech_pb2.EdgeContext, pcm: bytes, deadline_s: float
+    ) -> CloudResult:
+        """One attempt and nothing queued (a speculative escalation, for audio that may still grow).
+        Raises ``CloudUnavailable``; the caller falls back to ``recognize``, which queues."""
+        try:
+            return await self.client.recognize(pcm, context, deadline_s)
+        except CloudUnavailable as exc:
+            self._rec.metrics.cloud_errors.labels(_kind(exc)).inc()
+            raise
+
     def open_early(self, session_id: str, context: speech_pb2.EdgeContext) -> CloudStream | None:
         """Start streaming an utterance to the cloud before it ends; None when the breaker is open."""
         try:
