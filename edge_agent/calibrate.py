@@ -63,7 +63,31 @@ def _load(manifest: Path) -> list[dict[str, object]]:
     return rows
 
 
-def collect(manifests: list[Path], settings: EdgeSettings, cloud_model: str, seed: int = 7) -> list[Row]:
+CloudAnswer = tuple[str, float, float]
+"""(text, avg_logprob, no_speech_prob) of the cloud's best hypothesis for one clip."""
+
+
+def cloud_answers(rows: list[Row]) -> dict[tuple[str, str, str], CloudAnswer]:
+    """The cloud's answers recorded in an earlier features file, by (manifest, kind, reference): they do
+    not depend on the edge model, so recalibrating another edge model need not run Whisper again. Keys
+    that occur twice are left out (decoded again)."""
+    seen: dict[tuple[str, str, str], CloudAnswer] = {}
+    twice: set[tuple[str, str, str]] = set()
+    for r in rows:
+        key = (r.manifest, r.kind, r.reference)
+        if key in seen:
+            twice.add(key)
+        seen[key] = (r.cloud_text, float(r.cloud["avg_logprob"]), float(r.cloud["no_speech_prob"]))
+    return {k: v for k, v in seen.items() if k not in twice}
+
+
+def collect(
+    manifests: list[Path],
+    settings: EdgeSettings,
+    cloud_model: str,
+    seed: int = 7,
+    known: dict[tuple[str, str, str], CloudAnswer] | None = None,
+) -> list[Row]:
     import jiwer
     import soundfile as sf
     from whisper_normalizer.english import EnglishTextNormalizer
@@ -78,12 +102,18 @@ def collect(manifests: list[Path], settings: EdgeSettings, cloud_model: str, see
     normalize = EnglishTextNormalizer()
     model = load_model(settings)
     vad = SileroVad()
-    whisper = WhisperEngine(
-        resolve_model(cloud_model, Path.home() / ".cache" / "edge-cloud-asr" / "models"),
-        compute_type="int8",
-        cpu_threads=settings.intra_op_threads,
-        workers=1,
-    )
+    engine: list[WhisperEngine] = []  # loaded on the first clip whose cloud answer is not known
+
+    def ask_cloud(audio: np.ndarray) -> CloudAnswer:
+        if not engine:
+            engine.append(WhisperEngine(
+                resolve_model(cloud_model, Path.home() / ".cache" / "edge-cloud-asr" / "models"),
+                compute_type="int8", cpu_threads=settings.intra_op_threads, workers=1,
+            ))  # fmt: skip
+        cloud = engine[0].recognize(audio, RecognizeOptions(language="en", n_best=1))
+        best = cloud.hypotheses[0] if cloud.hypotheses else None
+        return (best.text, best.avg_logprob, best.no_speech_prob) if best else ("", -5.0, 1.0)
+
     rng = np.random.default_rng(seed)
     out: list[Row] = []
 
@@ -110,10 +140,9 @@ def collect(manifests: list[Path], settings: EdgeSettings, cloud_model: str, see
             stream.accept(audio[cut:])
             final = stream.finalize()
             agreement = pilot_agreement(final, pilot, model.capabilities.prefix_verification)
-            cloud = whisper.recognize(audio, RecognizeOptions(language="en", n_best=1))
-            best = cloud.hypotheses[0] if cloud.hypotheses else None
-            cloud_text = best.text if best else ""
             reference = str(item["text"])
+            key = (manifest.parent.name, str(item.get("kind", "")), reference)
+            cloud_text, avg_logprob, no_speech_prob = (known or {}).get(key) or ask_cloud(audio)
             edge_errors, cloud_errors = errors(reference, final.text), errors(reference, cloud_text)
             edge_vs_cloud = errors(final.text, cloud_text) / max(1, len(normalize(final.text).split()))
             out.append(
@@ -129,8 +158,8 @@ def collect(manifests: list[Path], settings: EdgeSettings, cloud_model: str, see
                     final=edge_features(final.tokens, duration, speech_ratio, agreement, final.finished),
                     pilot=edge_features(pilot.tokens, cut / 16000, speech_ratio, 1.0, True),
                     cloud=cloud_features(
-                        best.avg_logprob if best else -5.0,
-                        best.no_speech_prob if best else 1.0,
+                        avg_logprob,
+                        no_speech_prob,
                         cloud_text,
                         duration,
                         1.0 - min(1.0, edge_vs_cloud),
@@ -246,6 +275,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="calibration file to write")
     parser.add_argument("--features", type=Path, help="read/write the per-clip features here (JSON lines)")
     parser.add_argument("--cloud-model", default="base")
+    parser.add_argument(
+        "--cloud-from",
+        type=Path,
+        help="a features file of an earlier run on the same manifests: take the cloud's answers from it",
+    )
     parser.add_argument("--max-offload", type=float, default=0.25)
     parser.add_argument(
         "--labels",
@@ -256,7 +290,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.manifests:
-        rows = collect(args.manifests, EdgeSettings(), args.cloud_model)
+        known = None
+        if args.cloud_from is not None:
+            known = cloud_answers([Row(**json.loads(x)) for x in args.cloud_from.read_text().splitlines()])
+        rows = collect(args.manifests, EdgeSettings(), args.cloud_model, known=known)
         if args.features:
             args.features.write_text(_rows_to_json(rows))
     elif args.features and args.features.exists():

@@ -3,10 +3,12 @@ would make (pure logic, exact or tightly bounded)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from edge_agent.calibrate import Row, fit, targets
+from edge_agent.calibrate import Row, cloud_answers, fit, targets
 from edge_agent.confidence import CLOUD_FEATURES, EDGE_FEATURES
 
 
@@ -64,3 +66,17 @@ def test_a_weak_model_still_escalates_its_worst_clips_with_wer_labels() -> None:
     p_held = np.array([calibration.final.probability(r.final) for r in held_out])
     share_held = np.array([r.edge_errors / r.words for r in held_out])
     assert np.corrcoef(p_held, share_held)[0, 1] > 0.8
+
+
+def test_cloud_answers_from_an_earlier_run_by_clip() -> None:
+    def row(kind: str, reference: str, text: str, logprob: float) -> Row:
+        r = _row(0, 0, 3, 0.0)
+        cloud = r.cloud | {"avg_logprob": logprob, "no_speech_prob": 0.01}
+        return replace(r, kind=kind, reference=reference, cloud_text=text, cloud=cloud)
+
+    rows = [row("clean", "a b c", "a b c", -0.1), row("babble", "a b c", "a b", -0.5),
+            row("clean", "d e", "d e", -0.2), row("clean", "d e", "d", -0.3)]  # fmt: skip
+    assert cloud_answers(rows) == {
+        ("set", "clean", "a b c"): ("a b c", -0.1, 0.01),
+        ("set", "babble", "a b c"): ("a b", -0.5, 0.01),
+    }  # the twice-recorded ("set", "clean", "d e") is decoded again, not guessed
