@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pause-items", type=int, default=12, help="pause-set items (0: skip)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N clips (a quick check)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / ".cache" / "bench-endpoint")
     parser.add_argument("--benchmarks-md", type=Path)
     args = parser.parse_args(argv)
@@ -122,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
                  "scripts/build_bench_sets.py first")  # fmt: skip
     args.out_dir.mkdir(parents=True, exist_ok=True)
     runs = [
-        speech_bench(list(CLIPS), args.out_dir / f"clips-{k}.json", ["--pattern", "both"])
+        speech_bench(
+            list(CLIPS), args.out_dir / f"clips-{k}.json", ["--pattern", "both", "--limit", str(args.limit)]
+        )
         for k in range(args.runs)
     ]
     pauses = None
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         extra = ["--limit", str(args.pause_items)]
         pauses = speech_bench([PAUSES], args.out_dir / "pauses.json", extra)
     clips = sum(1 for m in CLIPS for line in m.read_text().splitlines() if line.strip())
+    clips = min(clips, args.limit) if args.limit else clips
     section = render(runs, pauses, clips, args.pause_items)
     print(section)
     if args.benchmarks_md is not None:
