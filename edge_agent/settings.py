@@ -49,7 +49,8 @@ class EdgeSettings(BaseSettings):
     conformer_head: Literal["auto", "ctc", "rnnt"] = "auto"
     """Conformer: which decoder head runs. A hybrid RNNT/CTC export (the bundled model, NeMo's
     ``*_hybrid_*`` models) ships both: ``ctc`` (``model.onnx``: greedy, prefix-beam n-best) or ``rnnt``
-    (``encoder``/``decoder``/``joiner.onnx``: greedy, no n-best); ``auto`` takes CTC when present."""
+    (``encoder``/``decoder``/``joiner.onnx``: greedy, no n-best); ``auto`` takes the transducer when
+    present (NeMo's default for hybrid models, and the bundled model's more accurate head), else CTC."""
 
     # -- VAD / endpointing ---------------------------------------------------------------
     vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)

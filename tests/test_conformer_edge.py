@@ -110,7 +110,8 @@ def test_health_names_the_conformer(edge_only: ThreadedEdge) -> None:
     import httpx
 
     health: dict[str, Any] = httpx.get(f"{edge_only.http}/health", timeout=10).json()
-    assert health["status"] == "ok" and health["model"] == "conformer-small"
+    # The default head of the bundled hybrid model is its transducer.
+    assert health["status"] == "ok" and health["model"] == "conformer-small+rnnt"
 
 
 def test_offramp_escalates_noisy_speech_more_than_clean(

@@ -29,6 +29,11 @@ def transducer() -> ConformerRecognizer:
     return model
 
 
+def test_auto_picks_the_transducer_of_a_hybrid_model() -> None:
+    model = load_model(EdgeSettings(model="conformer"))
+    assert isinstance(model, ConformerRecognizer) and model.onnx.head == "rnnt"
+
+
 def test_the_head_is_the_transducer_with_its_own_name_and_no_n_best(transducer: ConformerRecognizer) -> None:
     assert transducer.onnx.head == "rnnt" and transducer.name == f"{BUNDLED_NAME}+rnnt"
     assert transducer.onnx.path.name == "encoder.int8.onnx"
@@ -38,8 +43,8 @@ def test_the_head_is_the_transducer_with_its_own_name_and_no_n_best(transducer: 
     stream.accept(np.zeros(RATE, np.float32))
     stream.finalize()
     assert stream.n_best(3) == []
-    ctc = load_model(EdgeSettings(model="conformer"))
-    assert isinstance(ctc, ConformerRecognizer) and ctc.onnx.head == "ctc"  # auto: CTC when present
+    ctc = load_model(EdgeSettings(model="conformer", conformer_head="ctc"))
+    assert isinstance(ctc, ConformerRecognizer) and ctc.onnx.head == "ctc" and ctc.name == BUNDLED_NAME
 
 
 def test_tokens_and_words_carry_confidences(transducer: ConformerRecognizer, tts_clips: list[Clip]) -> None:

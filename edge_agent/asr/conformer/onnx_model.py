@@ -90,13 +90,14 @@ def _transducer_files(directory: Path) -> dict[str, Path] | None:
 
 
 def _find_graphs(directory: Path, head: Head) -> tuple[Literal["ctc", "rnnt"], dict[str, Path]]:
-    """Which head to run and its graphs: ``auto`` takes the CTC graph when there is one."""
+    """Which head to run and its graphs: ``auto`` takes the transducer when there is one (as NeMo decodes
+    a hybrid model by default; the bundled model's transducer is also the more accurate head), else CTC."""
     ctc = next((directory / n for n in GRAPH_FILES if (directory / n).is_file()), None)
     transducer = _transducer_files(directory)
-    if head in ("auto", "ctc") and ctc is not None:
-        return "ctc", {"model": ctc}
     if head in ("auto", "rnnt") and transducer is not None:
         return "rnnt", transducer
+    if head in ("auto", "ctc") and ctc is not None:
+        return "ctc", {"model": ctc}
     if head == "ctc":
         raise ModelFormatError(
             f"{directory}: no CTC graph ({' or '.join(GRAPH_FILES)}); this directory holds "

@@ -229,7 +229,7 @@ BUNDLED_NAME = "conformer-small"
 
 def load_conformer(directory: Path | None, threads: int, head: Head = "auto") -> ConformerRecognizer:
     """The bundled conformer (``directory`` None) or a NeMo streaming export in ``directory``; ``head``
-    picks CTC or transducer where a hybrid model ships both (``auto``: CTC when present)."""
+    picks CTC or transducer where a hybrid model ships both (``auto``: the transducer when present)."""
     model = NemoStreamingModel(BUNDLED if directory is None else directory, threads, head)
     name = BUNDLED_NAME if directory is None else f"conformer:{directory.resolve().name}"
     # A calibration belongs to one head: the transducer's confidences are not the CTC head's.
