@@ -35,6 +35,9 @@ def test_a_finished_stable_sentence_in_a_quiet_pause_ends_fast() -> None:
     assert decide(DONE, CFG) == EndpointDecision("complete", 160, "sentence end, stable, quiet")
     assert verdict(text="Is it on?", pilot_text="Is it").verdict == "complete"
     assert verdict(pilot_text=None).verdict == "complete"  # no pilot ran: nothing to disagree with
+    # The pilot stopped mid-word: its last word is a fragment of the final's.
+    assert verdict(pilot_text="Turn the lights off in the kit").verdict == "complete"
+    assert verdict(text="Turn the lights down to 30%.", pilot_text="Turn the lights").verdict == "complete"
 
 
 @pytest.mark.parametrize(
@@ -64,7 +67,7 @@ def test_a_rising_vad_waits_longer() -> None:
         ({"last_token_logprob": math.log(0.5)}, "sentence end uncertain (p=0.50)"),
         ({"last_token_logprob": None}, "sentence end uncertain (p=0.00)"),
         ({"finished": False}, "decode did not end by itself"),
-        ({"pilot_text": "Turn the light of"}, "pilot and final disagree"),
+        ({"pilot_text": "Turn the light of the"}, "pilot and final disagree"),
         ({"pause_vad": (0.05, 0.15, 0.12)}, "pause not quiet"),
         ({"punctuates": False}, "model writes no punctuation"),
         ({"text": "  "}, "no words"),
@@ -79,7 +82,7 @@ def test_a_model_without_punctuation_still_waits_on_a_dangling_end() -> None:
 
 
 def test_words_ignore_case_and_punctuation() -> None:
-    assert words("Don’t STOP, now!") == ["don't", "stop", "now"]
+    assert words("Don’t STOP, now! At 7:30.") == ["don't", "stop", "now", "at", "7", "30"]
 
 
 @pytest.mark.parametrize("changes", [{"fast_ms": 600}, {"slow_ms": 400}, {"fast_ms": 0}, {"quiet_vad": 1.5}])

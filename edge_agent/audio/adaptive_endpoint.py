@@ -9,7 +9,8 @@ says how long the pause must last:
   inside the pause (the speaker is taking a breath, not stopping).
 * ``complete`` -> ``fast_ms``: the model writes punctuation and the text ends a sentence (``.``, ``?``,
   ``!``) with that token's probability at least ``punctuation_confidence``; the model ended the decode
-  itself (end of sequence); the pilot's words are a prefix of the final's (the running hypothesis held);
+  itself (end of sequence); the pilot's words but its last (a pilot may cut a word in half) are a prefix
+  of the final's (the running hypothesis held);
   and the VAD probability of the pause's last ``QUIET_WINDOWS`` windows is at most ``quiet_vad`` (well
   below the speech threshold; the first windows of a pause are still fading out).
 * otherwise ``base_ms`` (the fixed endpoint's ``min_silence_ms``).
@@ -40,7 +41,7 @@ DANGLING = frozenset(
     of to with from into onto between through during without among toward towards upon
     """.split()
 )
-_WORD = re.compile(r"[a-z']+")
+_WORD = re.compile(r"[a-z0-9']+")  # numbers are words: "down to 30%." does not end with "to"
 _TERMINAL = (".", "?", "!")
 QUIET_WINDOWS = 2
 
@@ -128,7 +129,7 @@ def decide(evidence: EndpointEvidence, config: AdaptiveEndpointConfig) -> Endpoi
         return EndpointDecision("default", config.base_ms, f"sentence end uncertain (p={p_end:.2f})")
     if not evidence.finished:
         return EndpointDecision("default", config.base_ms, "decode did not end by itself")
-    pilot = words(evidence.pilot_text or "")
+    pilot = words(evidence.pilot_text or "")[:-1]  # its last word may be cut off mid-word
     if pilot and said[: len(pilot)] != pilot:
         return EndpointDecision("default", config.base_ms, "pilot and final disagree")
     if evidence.pause_vad and max(evidence.pause_vad[-QUIET_WINDOWS:]) > config.quiet_vad:
