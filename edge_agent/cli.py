@@ -62,11 +62,11 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="ask the cloud only after the endpoint (EDGE_SPECULATIVE_ESCALATION)",
     )
     p.add_argument(
-        "--no-adaptive-endpoint",
+        "--adaptive-endpoint",
         dest="adaptive_endpoint",
         action="store_const",
-        const=False,
-        help="end every utterance after min_silence_ms of silence (EDGE_ADAPTIVE_ENDPOINT)",
+        const=True,
+        help="let the speculative final set the silence that ends an utterance (EDGE_ADAPTIVE_ENDPOINT)",
     )
     p.add_argument(
         "--always-cloud", action="store_const", const=True, help="send every utterance to the cloud"

@@ -63,10 +63,12 @@ class EdgeSettings(BaseSettings):
     """An utterance is cut here even if the speaker goes on."""
     pre_roll_ms: int = Field(default=300, ge=0, le=2000)
     """Audio kept from before the VAD fires, so first words are not clipped."""
-    adaptive_endpoint: bool = True
+    adaptive_endpoint: bool = False
     """Let the speculative final decide how much silence ends the utterance: ``endpoint_fast_ms`` when it
     ends a sentence and is stable in a quiet pause, ``endpoint_slow_ms`` when it ends in a word like "and"
-    or "the" or the VAD rises again, ``min_silence_ms`` otherwise (needs ``speculative``)."""
+    or "the" or the VAD rises again, ``min_silence_ms`` otherwise (needs ``speculative``). Off by default:
+    with Moonshine on 2 cores the speculative final itself takes ~350 ms, so the fast end rarely comes
+    before the fixed one, while the slow end and sentences split at inner pauses cost more (BENCHMARKS.md)."""
     endpoint_fast_ms: int = Field(default=160, ge=50, le=5000)
     """Silence that ends an utterance judged complete (adaptive endpointing)."""
     endpoint_slow_ms: int = Field(default=900, ge=50, le=10000)

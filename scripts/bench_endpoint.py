@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_endpoint.py [--runs 3] [--benchmarks-md BENCHMARKS.md]
 
-Runs ``speech-bench`` (edge only, modes ``edge`` = adaptive endpointing and ``edge-fixed`` = 500 ms of
+Runs ``speech-bench`` (edge only, modes ``edge-adaptive`` = adaptive endpointing and ``edge`` = 500 ms of
 silence) ``--runs`` times over the test clips in both patterns (open-mic: silence keeps coming after the
 speech, no ``stop``; push-to-talk: ``stop`` right after the speech), latency from the end of speech; then
 once over the pause set (pauses of 300-450 ms inside sentences, 1.2-2 s between them) for split and merged
@@ -22,7 +22,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- endpoint-bench:begin -->", "<!-- endpoint-bench:end -->"
-MODES = ("edge", "edge-fixed")
+MODES = ("edge-adaptive", "edge")
 PATTERNS = ("open-mic", "push-to-talk")
 CLIPS = (
     ROOT / ".cache" / "test-audio" / "pocketsphinx" / "manifest.jsonl",
@@ -74,7 +74,7 @@ def render(runs: list[dict[str, Any]], pauses: dict[str, Any] | None, clips: int
             wer = median([r["modes"][mode].get("wer") for r in runs]) if pattern == PATTERNS[0] else None
             bad = [f"{p.get('no_final', 0)} / {p.get('multi_final', 0)}" for p in per_run]
             runs_p50 = ", ".join(_ms(p.get("latency_ms", {}).get("p50")) for p in per_run)
-            label = "adaptive" if mode == "edge" else "fixed 500 ms"
+            label = "adaptive" if mode == "edge-adaptive" else "fixed 500 ms"
             wer_text = "-" if wer is None else f"{100 * wer:.2f}%"
             lines.append(
                 f"| `{mode}` ({label}) | {pattern} | {wer_text} | {_ms(p50)} / {_ms(p95)} | {runs_p50} | "

@@ -6,8 +6,8 @@ decode after the endpoint fires, then threshold and escalate) and ``pasu`` (pilo
 early escalation, per-utterance choice). Two edge-only modes isolate late contextualization (PASU): in
 ``late-ctx`` the pilot encodes audio as it arrives and the final only finishes it; in ``whole-enc`` the
 same model encodes the whole utterance after the endpoint (no pilot). Neither runs a speculative final,
-so their finalization latencies compare the encoder schedules alone. ``edge-fixed`` and ``pasu-fixed`` are
-``edge`` and ``pasu`` with a fixed endpoint (``min_silence_ms`` for every pause, no adaptive endpointing);
+so their finalization latencies compare the encoder schedules alone. ``edge-adaptive`` and ``pasu-adaptive``
+are ``edge`` and ``pasu`` with adaptive endpointing (the speculative final sets the silence that ends it);
 ``pasu-late-cloud`` asks the cloud only after the endpoint (no speculative escalation). ``--edge-model`` picks
 the edge model (``EDGE_MODEL``) of every edge started. ``--sweep`` replays the recorded confidences across
 thresholds without decoding again.
@@ -41,11 +41,11 @@ MODES: dict[str, list[str]] = {
     "pasu": [],
     "late-ctx": ["--no-speculative"],
     "whole-enc": ["--no-pilot", "--no-speculative"],
-    "edge-fixed": ["--no-adaptive-endpoint"],
-    "pasu-fixed": ["--no-adaptive-endpoint"],
+    "edge-adaptive": ["--adaptive-endpoint"],
+    "pasu-adaptive": ["--adaptive-endpoint"],
     "pasu-late-cloud": ["--no-speculative-escalation"],
 }
-EDGE_ONLY = ("edge", "late-ctx", "whole-enc", "edge-fixed")
+EDGE_ONLY = ("edge", "late-ctx", "whole-enc", "edge-adaptive")
 DEFAULT_MODES = ("edge", "cloud", "naive", "pasu")
 
 

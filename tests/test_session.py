@@ -332,7 +332,7 @@ def test_a_dangling_word_holds_the_utterance_over_a_longer_pause(tmp_path: Path)
     first, second = (0.3, 0.4, 0.2), (0.5, 0.6)
     pause = silence(3 * BLOCK / RATE)
     audio = np.concatenate([LEAD, speech(*first), pause, speech(*second), GAP])
-    joined = _of(_stream(_rec(tmp_path, model, endpoint_slow_ms=900), audio), "final")
+    joined = _of(_stream(_rec(tmp_path, model, adaptive_endpoint=True, endpoint_slow_ms=900), audio), "final")
     assert [f["text"] for f in joined] == ["w30 w40 and w50 w60."]
     split = _of(_stream(_rec(tmp_path, FakeModel(punctuation=True, spelled={20: "and"}),
                              adaptive_endpoint=False), audio), "final")  # fmt: skip
