@@ -436,8 +436,7 @@ class Session:
                 # gets the whole edge result (not its first words); a correction follows if it was queued.
                 stream, samples = utt.stream, end - utt.start
                 d = await self.rec.worker.run_final(lambda: stream.finalize(samples))
-                agreement, ratio = self._agreement(d, utt.pilot), self._speech_ratio(utt.start, end)
-                p_edge = self.rec.policy.at_final(d.tokens, duration, ratio, agreement, d.finished).p_wrong
+                p_edge = self._plan(utt, d, end).p_edge
         source = "cloud" if s.always_cloud and cloud.p_wrong is not None else choose(p_edge, cloud.p_wrong)
         self.rec.metrics.audio_seconds.inc(duration)
         if previous is not None:

@@ -29,12 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from protos import speech_pb2, speech_pb2_grpc  # noqa: E402
+from speech_bench.markdown import replace_section  # noqa: E402
 from speech_bench.services import free_port, wait_ready  # noqa: E402
 from tests.speech import Clip, load_manifest, wer  # noqa: E402
 
 SETS = ("pocketsphinx", "tts", "long")
 MARK_BEGIN = "<!-- cloud-bench:begin -->"
 MARK_END = "<!-- cloud-bench:end -->"
+HEADER = "# Benchmarks\n\nFigures measured on this project's machines.\n"
 
 
 @dataclass
@@ -167,19 +169,7 @@ def render(results: list[ModelFigures], threads: int, repeats: int, sets: dict[s
 
 
 def write_benchmarks(section: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmarks\n\nFigures measured on this project's machines.\n"
-    )
-    if MARK_BEGIN in text:
-        text = re.sub(
-            re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: section, text, flags=re.S
-        )
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    replace_section(ROOT / "BENCHMARKS.md", section, MARK_BEGIN, MARK_END, HEADER)
 
 
 def main() -> None:

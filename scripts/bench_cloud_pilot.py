@@ -21,7 +21,6 @@ import argparse
 import logging
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -38,12 +37,14 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from protos import speech_pb2, speech_pb2_grpc  # noqa: E402
+from speech_bench.markdown import replace_section  # noqa: E402
 from tests.servers import ThreadedCloud, cloud_settings, wait_until  # noqa: E402
 from tests.speech import Clip, load_manifest, wer  # noqa: E402
 
 CHUNK_S = 0.1
 MARK_BEGIN = "<!-- cloud-pilot-bench:begin -->"
 MARK_END = "<!-- cloud-pilot-bench:end -->"
+HEADER = "# Benchmarks\n\nFigures measured on this project's machines.\n"
 REQUESTS = {
     "edge": speech_pb2.RecognitionConfig(language="en", n_best=3, word_timestamps=True, sample_rate_hz=16000),
     "greedy": speech_pb2.RecognitionConfig(language="en", beam_size=1, n_best=1, sample_rate_hz=16000),
@@ -202,21 +203,6 @@ def render(figures: dict[str, dict[str, Figures]], clips: list[Clip], model: str
     return "\n".join(lines)
 
 
-def write_benchmarks(path: Path, section: str) -> None:
-    text = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmarks\n\nFigures measured on this project's machines.\n"
-    )
-    if MARK_BEGIN in text:
-        text = re.sub(
-            re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: section, text, flags=re.S
-        )
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="base")
@@ -232,7 +218,7 @@ def main() -> None:
     figures = run(clips, args.model, args.model_cache_dir, args.repeats, args.requests)
     section = render(figures, clips, args.model, args.repeats)
     print(section)
-    write_benchmarks(args.benchmarks_md, section)
+    replace_section(args.benchmarks_md, section, MARK_BEGIN, MARK_END, HEADER)
     print(f"wrote the section to {args.benchmarks_md}")
 
 

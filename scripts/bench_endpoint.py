@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from speech_bench.markdown import replace_section  # noqa: E402
+
 MARK_BEGIN, MARK_END = "<!-- endpoint-bench:begin -->", "<!-- endpoint-bench:end -->"
 MODES = ("edge-adaptive", "edge")
 PATTERNS = ("open-mic", "push-to-talk")
@@ -99,16 +101,6 @@ def render(runs: list[dict[str, Any]], pauses: dict[str, Any] | None, clips: int
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_BEGIN in text:
-        pattern = re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END) + "\n?"
-        text = re.sub(pattern, lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -137,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     section = render(runs, pauses, clips, args.pause_items)
     print(section)
     if args.benchmarks_md is not None:
-        write_section(args.benchmarks_md, section)
+        replace_section(args.benchmarks_md, section, MARK_BEGIN, MARK_END)
         print(f"wrote {args.benchmarks_md}")
 
 

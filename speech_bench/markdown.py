@@ -150,9 +150,17 @@ def render(report: dict[str, Any], command: str, plots: str | None) -> str:
 
 
 def update(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
+    replace_section(path, section, BEGIN, END)
+
+
+def replace_section(path: Path, section: str, begin: str, end: str, header: str = "# Benchmarks\n") -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) in place of the file's section
+    between those markers, or append it; a missing file starts with ``header``. Every benchmark script
+    writes BENCHMARKS.md this way."""
+    text = path.read_text() if path.exists() else header
+    section = section.rstrip("\n")
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)

@@ -228,8 +228,8 @@ def test_offramp_stops_a_hopeless_final_and_sends_the_n_best(tmp_path: Path) -> 
     assert [h.text for h in context.n_best] == [words_for(*HARD[:6]), "alternative"]
 
 
-def test_pending_cloud_answer_then_correction(tmp_path: Path) -> None:
-    model = FakeModel()
+def _hard_then_late_answer(rec: Recognizer) -> list[dict[str, Any]]:
+    """One hard utterance the cloud cannot answer in time, then its late answer: every event."""
     events: list[dict[str, Any]] = []
 
     async def scenario(rec: Recognizer) -> None:
@@ -239,7 +239,14 @@ def test_pending_cloud_answer_then_correction(tmp_path: Path) -> None:
         session.on_correction("s-1", cloud_result("late words"))
         events.extend(_drain(session))
 
-    _run(_rec(tmp_path, model, FakeEscalator(None), pilot=False, offramps=False), scenario)
+    _run(rec, scenario)
+    return events
+
+
+def test_pending_cloud_answer_then_correction(tmp_path: Path) -> None:
+    events = _hard_then_late_answer(
+        _rec(tmp_path, FakeModel(), FakeEscalator(None), pilot=False, offramps=False)
+    )
     (final,) = _of(events, "final")
     assert final["escalated"] and final["reason"] == "low_confidence"
     assert final["cloud_pending"] and final["source"] == "edge" and final["text"] == words_for(*HARD)
@@ -341,16 +348,7 @@ def test_a_dangling_word_holds_the_utterance_over_a_longer_pause(tmp_path: Path)
 
 def test_a_stopped_decode_is_finished_when_the_cloud_cannot_answer(tmp_path: Path) -> None:
     model = FakeModel()
-    events: list[dict[str, Any]] = []
-
-    async def scenario(rec: Recognizer) -> None:
-        session = Session(rec, RATE, "pcm_s16le", session_id="s")
-        await _feed(session, np.concatenate([LEAD, speech(*HARD), GAP]))
-        await session.finish()
-        session.on_correction("s-1", cloud_result("late words"))
-        events.extend(_drain(session))
-
-    _run(_rec(tmp_path, model, FakeEscalator(None), pilot=False), scenario)
+    events = _hard_then_late_answer(_rec(tmp_path, model, FakeEscalator(None), pilot=False))
     (final,) = _of(events, "final")
     assert final["reason"] == "decode_stopped" and final["cloud_pending"] and final["source"] == "edge"
     # The whole utterance, not the six tokens the offramp stopped at, with its own confidence.

@@ -8,7 +8,7 @@ TDT greedy must then give exactly RNN-T greedy with one symbol per frame, throug
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +20,12 @@ from edge_agent.asr.conformer.onnx_model import ModelFormatError, NemoStreamingM
 from edge_agent.asr.conformer.stream import BUNDLED, ConformerStream, load_conformer, new_decoder
 from edge_agent.asr.conformer.transducer import TdtGreedy, TransducerGreedy
 from tests.speech import Clip
+from tests.test_transducer_greedy import BLANK, ScriptedModel, Vocab
 
-BLANK = 5
 DURATIONS = (0, 1, 2, 3, 4)
 # Frame -> tokens due on it. Frames without tokens are skipped by predicted durations.
 SCRIPT = {1: [1, 2], 4: [3], 5: [4, 4, 0], 9: [2]}
 FRAMES = 11
-
-
-@dataclass
-class _Vocab:
-    blank: int = BLANK
 
 
 class ScriptedTdt:
@@ -38,17 +33,12 @@ class ScriptedTdt:
     (0 while the current frame has more), capped at 4; past the last token, blank with duration 4."""
 
     def __init__(self, script: dict[int, list[int]], durations: tuple[int, ...] = DURATIONS) -> None:
-        self.vocabulary = _Vocab()
+        self.vocabulary = Vocab()
         self.durations = durations
         self.plan = [(frame, token) for frame in sorted(script) for token in script[frame]]
         self.joint_calls = 0
 
-    def predict(
-        self, token: int, state: tuple[np.ndarray, np.ndarray] | None
-    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        count = 0 if state is None else int(state[0][0, 0, 0]) + (token != BLANK)
-        h = np.full((1, 1, 1), count, np.float32)
-        return h.copy(), (h, h)
+    predict = ScriptedModel.predict  # the "prediction net" counts the tokens emitted so far
 
     def joint(self, encoder: np.ndarray, decoder: np.ndarray) -> np.ndarray:
         self.joint_calls += 1

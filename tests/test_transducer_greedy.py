@@ -18,13 +18,13 @@ SCRIPT = [[], [1, 2], [], [], [3], [4, 4, 0], [], [2]]
 
 
 @dataclass
-class _Vocab:
+class Vocab:
     blank: int = BLANK
 
 
 class ScriptedModel:
     def __init__(self, script: list[list[int]]) -> None:
-        self.vocabulary = _Vocab()
+        self.vocabulary = Vocab()
         self.tokens = [t for frame in script for t in frame]
         self.due = np.cumsum([len(frame) for frame in script])  # tokens due by the end of each frame
         self.joint_calls = 0
