@@ -184,9 +184,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--held-out-per-voice", type=int, default=150)
     parser.add_argument("--only", choices=("train", "test"), default=None)
+    parser.add_argument(
+        "--pool",
+        choices=("fortunes", "wordnet"),
+        default="fortunes",
+        help="fortunes: the first set; wordnet: a second, disjoint set of WordNet's examples and definitions",
+    )
+    parser.add_argument("--definitions", type=int, default=20000, help="WordNet definitions to sample")
     args = parser.parse_args(argv)
     r = random.Random(args.seed)
-    train, test = sentence_pool()
+    train, test = sentence_pool(pool=args.pool, definitions=args.definitions)
     if args.only in (None, "train"):
         write_set(args.out / "train", [(s, train_voice(r)) for s in train], args.workers)
     if args.only in (None, "test"):

@@ -1,5 +1,6 @@
 """Sentences to train the conformer on: natural English from Debian's fortune files plus generated
-assistant-style commands, numbers, dates and names; split into train/held-out by a stable hash.
+assistant-style commands, numbers, dates and names, and (the ``wordnet`` pool) WordNet's usage examples
+and definitions, for a far wider vocabulary; split into train/held-out by a stable hash.
 
 Every sentence the tests, the calibration set and the bench sets speak is excluded, so their audio
 stays unseen by the model.
@@ -25,6 +26,7 @@ FORTUNE_FILES = (
     "pets", "songs-poems", "sports", "law", "art", "cookie", "riddles", "magic", "pratchett", "goedel",
     "paradoxum", "drugs", "ethnic", "definitions", "zippy", "tao", "startrek",
 )  # fmt: skip
+WORDNET = Path("/usr/share/wordnet")  # Debian package wordnet-base
 HELD_OUT_PERCENT = 4
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()  # noqa: E501
@@ -50,7 +52,8 @@ def spell(n: int) -> str:
 def normalize(text: str) -> str:
     """The transcript form the model learns: lower case words and apostrophes, single spaces."""
     text = text.lower().replace("’", "'").replace("-", " ")
-    text = text.translate(str.maketrans({c: " " for c in string.punctuation if c != "'"}))
+    spaces: dict[str, str | int | None] = {c: " " for c in string.punctuation if c != "'"}
+    text = text.translate(str.maketrans(spaces))
     words = [w.strip("'") for w in text.split()]
     return " ".join(w for w in words if w)
 
@@ -70,13 +73,42 @@ def fortune_sentences() -> Iterator[str]:
             body = " ".join(ln for ln in lines if ln and not ln.startswith("--"))
             for sentence in _SENTENCE_END.split(body):
                 sentence = sentence.strip().strip('"').strip()
-                words = sentence.split()
-                if not 3 <= len(words) <= 22 or not _CLEAN.match(sentence):
-                    continue
-                # Acronyms and shouting are spelt letter by letter by some voices and not others.
-                if any(sum(c.isupper() for c in w) > 1 for w in words):
-                    continue
-                yield sentence
+                if _speakable(sentence, 3, 22):
+                    yield sentence
+
+
+def _speakable(sentence: str, low: int, high: int) -> bool:
+    words = sentence.split()
+    # Acronyms and shouting are spelt letter by letter by some voices and not others.
+    return (
+        low <= len(words) <= high
+        and bool(_CLEAN.match(sentence))
+        and not any(sum(c.isupper() for c in w) > 1 for w in words)
+    )
+
+
+def wordnet_sentences(definitions: int, seed: int) -> Iterator[str]:
+    """Every usage example in WordNet ("he was at the top of his form") and a seeded sample of its
+    definitions ("the act of wetting something by submerging it"): everyday words the fortunes lack."""
+    examples: list[str] = []
+    glosses: list[str] = []
+    for part_of_speech in ("noun", "verb", "adj", "adv"):
+        path = WORDNET / f"data.{part_of_speech}"
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: apt-get install wordnet-base")
+        for line in path.read_text(encoding="utf-8", errors="ignore").splitlines():
+            if line.startswith("  ") or "|" not in line:  # the licence header
+                continue
+            for piece in line.split("|", 1)[1].split(";"):
+                piece = piece.strip()
+                if piece.startswith('"'):
+                    example = piece.strip('"').strip()
+                    if _speakable(example, 3, 22):
+                        examples.append(example)
+                elif _speakable(piece, 5, 20):
+                    glosses.append(piece)
+    yield from examples
+    yield from random.Random(seed).sample(glosses, min(definitions, len(glosses)))
 
 
 _NAMES = "Anna Ben Carlos Diana Ethan Fatima George Hannah Ivan Julia Kevin Laura Mohammed Nina Oscar Paula Quentin Rachel Samuel Tina Umar Victor Wendy Xavier Yusuf Zoe Amelia Brian Chloe Daniel Emma Frank Grace Henry Isabel Jack Karen Leo Maria Noah Olivia Peter Ruth Steven Thomas Uma Vincent William".split()  # noqa: E501
@@ -161,13 +193,24 @@ def held_out(sentence: str) -> bool:
     return digest[0] * 100 // 256 < HELD_OUT_PERCENT
 
 
-def sentence_pool(generated: int = 20000, seed: int = 9) -> tuple[list[str], list[str]]:
-    """(train, held_out) sentences, deduplicated by normalized text, reserved ones removed."""
+def sentence_pool(
+    generated: int = 20000, seed: int = 9, pool: str = "fortunes", definitions: int = 20000
+) -> tuple[list[str], list[str]]:
+    """(train, held_out) sentences, deduplicated by normalized text, reserved ones removed.
+
+    ``pool="fortunes"`` is the first data set (fortunes and generated sentences); ``"wordnet"`` is
+    the second one, which skips everything the first pool holds so the two never overlap."""
     skip = reserved()
     seen: set[str] = set()
     train: list[str] = []
     test: list[str] = []
-    for sentence in [*fortune_sentences(), *generated_sentences(generated, seed)]:
+    first = [*fortune_sentences(), *generated_sentences(generated, seed)]
+    if pool == "wordnet":
+        skip.update(normalize(s) for s in first)
+        sentences = list(wordnet_sentences(definitions, seed))
+    else:
+        sentences = first
+    for sentence in sentences:
         key = normalize(sentence)
         if not key or key in seen or key in skip:
             continue

@@ -218,6 +218,13 @@ def release(model: StreamingConformer, tokenizer: Path, out: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(".cache/conformer-data"))
+    parser.add_argument(
+        "--extra-data",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="more data directories whose train split joins --data's (e.g. one built with --pool wordnet)",
+    )
     parser.add_argument("--out", type=Path, default=Path(".cache/conformer-train"))
     parser.add_argument("--minutes", type=float, default=100.0)
     parser.add_argument("--batch-seconds", type=float, default=160.0)
@@ -255,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # reported on the test sets are never watched during training.
     train = load_set(args.data / "train", sp)
     train, dev = train[:-DEV_CLIPS], train[-DEV_CLIPS:]
+    for extra in args.extra_data:
+        train += load_set(extra / "train", sp)
     print(f"train {len(train)} clips, {sum(len(c.audio) for c in train) / RATE / 3600:.2f} h", flush=True)
     model = StreamingConformer(cfg)
     if args.init is not None and not args.resume:
