@@ -89,6 +89,7 @@ async def serve(settings: EdgeSettings) -> None:
 
     from edge_agent import systemd
     from edge_agent.server.app import create_app
+    from edge_agent.server.serving import server_config
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -97,13 +98,7 @@ async def serve(settings: EdgeSettings) -> None:
             if not self.should_exit:
                 systemd.notify(f"READY=1\nSTATUS=serving on {settings.host}:{settings.port}")
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        ws_max_size=settings.max_frame_bytes * 2,
-    )
+    config = server_config(create_app(settings), settings)
     server = Server(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -23,13 +23,23 @@ class EdgeSettings(BaseSettings):
     port: int = Field(default=8765, ge=0, le=65535)
     """WebSocket/HTTP port (0 picks a free port)."""
     max_sessions: int = Field(default=8, ge=1, le=1000)
-    """Concurrent WebSocket sessions; more are refused with close code 1013."""
+    """Concurrent WebSocket connections (started or not); more are refused with close code 1013."""
     max_session_s: float = Field(default=3600.0, gt=0)
     """Longest a session may stay open, in seconds of wall time."""
     max_session_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     """Most audio bytes one session may send."""
     max_frame_bytes: int = Field(default=256 * 1024, gt=0)
-    """Largest single binary frame."""
+    """Largest single binary frame (larger ones, up to 16 MiB, get ``frame_too_large`` and close 1009)."""
+    handshake_timeout_s: float = Field(default=10.0, gt=0)
+    """Time a new connection has to deliver its HTTP request head (the WebSocket upgrade); slower
+    ones get 408 and are closed."""
+    idle_timeout_s: float = Field(default=60.0, gt=0)
+    """A WebSocket that sends no complete message for this long gets ``idle_timeout`` and close 1008
+    (a microphone streams every few tens of ms, silence included)."""
+    send_timeout_s: float = Field(default=10.0, gt=0)
+    """A client that has not taken one event off the socket for this long is not reading: it is closed."""
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    """On SIGTERM, connections get this long to finish before their tasks are cancelled."""
     session_queue_frames: int = Field(default=64, ge=1)
     """Audio frames buffered per session before the reader stops reading (backpressure)."""
 

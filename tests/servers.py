@@ -100,18 +100,14 @@ class ThreadedEdge:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def start(self) -> ThreadedEdge:
-        import uvicorn
-
         from edge_agent.server.app import create_app
+        from edge_agent.server.serving import server_config
 
         self._thread.start()
 
         async def boot() -> None:
             await self.rec.start()
-            config = uvicorn.Config(
-                create_app(self.settings, self.rec), host="127.0.0.1", port=0, log_config=None,
-                ws_max_size=self.settings.max_frame_bytes * 2,
-            )  # fmt: skip
+            config = server_config(create_app(self.settings, self.rec), self.settings, "127.0.0.1", 0)
             self._server = SignalFreeServer(config)
             sock = config.bind_socket()
             sock.listen(config.backlog)

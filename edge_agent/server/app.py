@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 # WebSocket close codes (RFC 6455 and the registered 4xxx-free ones we use).
 NORMAL, POLICY, TOO_BIG, TRY_AGAIN, UNSUPPORTED = 1000, 1008, 1009, 1013, 1003
 _EVENT_QUEUE = 1000
+# Error messages quote what the client sent; never more than this of it (a 100 kB "type" must not come
+# back in every error event).
+_QUOTE_CHARS = 60
+_MESSAGE_CHARS = 300
 
 
 def create_app(settings: EdgeSettings | None = None, recognizer: Recognizer | None = None) -> FastAPI:
@@ -37,6 +41,9 @@ def create_app(settings: EdgeSettings | None = None, recognizer: Recognizer | No
     state: dict[str, Recognizer] = {}
     if recognizer is not None:
         state["rec"] = recognizer
+    # Connections, not started sessions, count against the limit: ten clients that connect first and
+    # start later must not all get in.
+    connections = [0]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +73,7 @@ def create_app(settings: EdgeSettings | None = None, recognizer: Recognizer | No
                 "status": "ok",
                 "model": rec.model.name,
                 "sessions": len(rec.sessions),
+                "connections": connections[0],
                 "cloud": escalator.status() if escalator is not None else "disabled",
                 "queued_escalations": int(escalator.queue_depth) if escalator is not None else 0,
                 "escalation_threshold": rec.policy.threshold,
@@ -89,11 +97,15 @@ def create_app(settings: EdgeSettings | None = None, recognizer: Recognizer | No
         if rec is None:
             await _refuse(ws, "loading", "the model is still loading", TRY_AGAIN)
             return
-        if len(rec.sessions) >= settings.max_sessions:
+        if connections[0] >= settings.max_sessions:
             rec.metrics.errors.labels("busy").inc()
             await _refuse(ws, "busy", f"too many sessions (limit {settings.max_sessions})", TRY_AGAIN)
             return
-        await StreamConnection(ws, rec, settings).run()
+        connections[0] += 1
+        try:
+            await StreamConnection(ws, rec, settings).run()
+        finally:
+            connections[0] -= 1
 
     return app
 
@@ -107,6 +119,12 @@ def _token_ok(ws: WebSocket, settings: EdgeSettings) -> bool:
     scheme, _, value = header.partition(" ")
     offered = value.strip() if scheme.lower() == "bearer" else ws.query_params.get("token", "")
     return hmac.compare_digest(offered.encode(), settings.ws_token.get_secret_value().encode())
+
+
+def quote(value: object) -> str:
+    """``repr`` of something a client sent, cut to a bounded length."""
+    text = repr(value)
+    return text if len(text) <= _QUOTE_CHARS else text[: _QUOTE_CHARS - 3] + "..."
 
 
 async def _refuse(ws: WebSocket, code: str, message: str, close_code: int) -> None:
@@ -128,35 +146,48 @@ class StreamConnection:
         self.started = time.monotonic()
         self.closing = False
         self._pump_task: asyncio.Task[None] | None = None
+        self._receiver: asyncio.Task[None] | None = None
         self._close_args = (NORMAL, "bye")
 
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop(), name="ws-send")
+        receiver = self._receiver = asyncio.create_task(self._receive_loop(), name="ws-receive")
         try:
-            await asyncio.wait_for(self._receive_loop(), timeout=self.settings.max_session_s)
-        except TimeoutError:
-            self._error("session_timeout", f"session longer than {self.settings.max_session_s:g} s")
-            await self._finish_and_close(POLICY, "session time limit")
-        except WebSocketDisconnect:
-            pass
-        except Exception:
-            log.exception("session failed")
-            self._error("internal", "internal error; the session is closed")
-            await self._close(1011, "internal error")
+            done, _ = await asyncio.wait({receiver}, timeout=self.settings.max_session_s)
+            if not done:
+                self._error("session_timeout", f"session longer than {self.settings.max_session_s:g} s")
+                receiver.cancel()
+                await self._finish_and_close(POLICY, "session time limit")
+            elif receiver.cancelled():
+                pass  # a client that stopped reading (see _abandon): nothing more can reach it
+            elif (exc := receiver.exception()) is not None and not isinstance(exc, WebSocketDisconnect):
+                log.error("session failed", exc_info=exc)
+                self._error("internal", "internal error; the session is closed")
+                await self._close(1011, "internal error")
         finally:
+            receiver.cancel()
             if self._pump_task is not None:
                 self._pump_task.cancel()
             if self.session is not None:
                 self.rec.sessions.pop(self.session.id, None)
                 await self.session.close()
-            await self.out.put(None)
+            # Never wait on a full queue: a client that does not read would hold this task forever.
+            with contextlib.suppress(asyncio.QueueFull):
+                self.out.put_nowait(None)
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(sender, timeout=5)
+                await asyncio.wait_for(sender, timeout=self.settings.send_timeout_s)
             sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
 
     async def _receive_loop(self) -> None:
         while not self.closing:
-            message = await self.ws.receive()
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), timeout=self.settings.idle_timeout_s)
+            except TimeoutError:
+                self._error("idle_timeout", f"nothing received for {self.settings.idle_timeout_s:g} s")
+                await self._finish_and_close(POLICY, "idle timeout")
+                return
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
             if message.get("bytes") is not None:
@@ -165,10 +196,20 @@ class StreamConnection:
                 await self._on_text(message["text"])
 
     async def _on_text(self, text: str) -> None:
+        if len(text) > self.settings.max_frame_bytes:
+            self._error(
+                "frame_too_large",
+                f"text frame of {len(text)} characters; limit {self.settings.max_frame_bytes}",
+            )
+            await self._finish_and_close(TOO_BIG, "frame too large")
+            return
         try:
             msg = json.loads(text)
         except json.JSONDecodeError as exc:
             self._error("bad_json", f"text frames must be JSON: {exc.msg}")
+            return
+        except RecursionError:
+            self._error("bad_json", "text frames must be JSON of reasonable depth: too deeply nested")
             return
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             self._error("bad_message", 'messages are JSON objects with a "type"')
@@ -182,7 +223,7 @@ class StreamConnection:
                 return
             await self._finish_and_close(NORMAL, "done")
         else:
-            self._error("unknown_type", f"unknown message type {kind!r}; expected start or stop")
+            self._error("unknown_type", f"unknown message type {quote(kind)}; expected start or stop")
 
     def _start(self, msg: dict[str, Any]) -> None:
         if self.session is not None:
@@ -244,19 +285,32 @@ class StreamConnection:
     async def _close(self, code: int, reason: str) -> None:
         self.closing = True
         self._close_args = (code, reason)
-        await self.out.put(None)  # the sender closes after draining
+        try:
+            self.out.put_nowait(None)  # the sender closes after draining
+        except asyncio.QueueFull:
+            self._abandon("its event queue is full")
 
     def _error(self, code: str, message: str) -> None:
         self.rec.metrics.errors.labels(code).inc()
+        if len(message) > _MESSAGE_CHARS:
+            message = message[: _MESSAGE_CHARS - 3] + "..."
         self._put(events.error(code, message))
 
     def _put(self, event: dict[str, Any]) -> None:
         try:
             self.out.put_nowait(event)
         except asyncio.QueueFull:
-            # A client that does not read its events is not served further.
-            log.warning("client is not reading events; closing")
-            self.closing = True
+            self._abandon("its event queue is full")
+
+    def _abandon(self, why: str) -> None:
+        """A client that does not read its events is not served further: stop reading from it, so the
+        handler ends and the connection is closed under it."""
+        if not self.closing:
+            log.warning("client is not reading events (%s); closing", why)
+            self.rec.metrics.errors.labels("not_reading").inc()
+        self.closing = True
+        if self._receiver is not None:
+            self._receiver.cancel()
 
     async def _send_loop(self) -> None:
         while True:
@@ -264,7 +318,10 @@ class StreamConnection:
             if event is None:
                 break
             try:
-                await self.ws.send_json(event)
+                await asyncio.wait_for(self.ws.send_json(event), timeout=self.settings.send_timeout_s)
+            except TimeoutError:
+                self._abandon(f"one event took over {self.settings.send_timeout_s:g} s to send")
+                return
             except Exception:
                 return
         code, reason = self._close_args

@@ -1,0 +1,232 @@
+"""The edge's WebSocket server against hostile or broken clients: each case first reproduced, then held.
+
+Real sockets on loopback, the real edge model; no cloud (none of these reach it).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from tests.servers import ThreadedEdge, edge_settings, wait_until
+
+pytestmark = pytest.mark.model
+START = json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le"})
+
+
+@pytest.fixture()
+def guarded(edge_model: Any, tmp_path: Path) -> Iterator[ThreadedEdge]:
+    settings = edge_settings(
+        tmp_path,
+        None,
+        max_sessions=3,
+        handshake_timeout_s=1.0,
+        idle_timeout_s=1.5,
+        send_timeout_s=1.0,
+        shutdown_timeout_s=2.0,
+    )
+    server = ThreadedEdge(settings, edge_model).start()
+    yield server
+    server.stop()
+
+
+def _next(ws: ClientConnection, kind: str, timeout: float = 10) -> dict[str, Any]:
+    while True:
+        event: dict[str, Any] = json.loads(ws.recv(timeout=timeout))
+        if event["type"] == kind:
+            return event
+
+
+def _close_code(ws: ClientConnection, timeout: float = 10) -> int | None:
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            ws.recv(timeout=timeout)
+    return info.value.rcvd.code if info.value.rcvd else None
+
+
+def _connections(edge: ThreadedEdge) -> int:
+    return int(httpx.get(f"{edge.http}/health", timeout=10).json()["connections"])
+
+
+def test_error_messages_do_not_echo_unbounded_input(guarded: ThreadedEdge) -> None:
+    with connect(guarded.url, open_timeout=10, max_size=2**22) as ws:
+        ws.send(json.dumps({"type": "A" * 100_000}))
+        event = _next(ws, "error")
+        assert event["code"] == "unknown_type"
+        assert len(event["message"]) < 200
+        assert "'AAAAAAAAAA" in event["message"] and "..." in event["message"]
+        ws.send(START)  # the session goes on
+        assert _next(ws, "ready")["sample_rate"] == 16000
+
+
+def test_deeply_nested_json_is_bad_json_and_the_session_goes_on(guarded: ThreadedEdge) -> None:
+    with connect(guarded.url, open_timeout=10, max_size=2**22) as ws:
+        ws.send("[" * 100_000 + "]" * 100_000)
+        event = _next(ws, "error")
+        assert event["code"] == "bad_json"
+        assert "nested" in event["message"]
+        ws.send(START)
+        assert _next(ws, "ready")["encoding"] == "pcm_s16le"
+
+
+@pytest.mark.parametrize(
+    ("started", "frame"),
+    [(True, b"\x00" * (1 << 20)), (False, "x" * (1 << 20)), (True, b"\x00" * (8 << 20))],
+    ids=["binary-1MiB", "text-1MiB", "binary-8MiB"],
+)
+def test_frames_of_any_size_over_the_limit_get_frame_too_large(
+    guarded: ThreadedEdge, started: bool, frame: bytes | str
+) -> None:
+    with connect(guarded.url, open_timeout=10, max_size=2**22) as ws:
+        if started:
+            ws.send(START)
+            _next(ws, "ready")
+        ws.send(frame)
+        event = _next(ws, "error")
+        assert event["code"] == "frame_too_large"
+        assert str(guarded.settings.max_frame_bytes) in event["message"]
+        assert _close_code(ws) == 1009
+
+
+def test_frames_past_the_servers_message_ceiling_close_with_1009(guarded: ThreadedEdge) -> None:
+    from edge_agent.server.serving import WS_MAX_MESSAGE
+
+    with connect(guarded.url, open_timeout=10, max_size=2**22) as ws:
+        ws.send(START)
+        _next(ws, "ready")
+        ws.send(b"\x00" * (WS_MAX_MESSAGE + 2))
+        assert _close_code(ws) == 1009
+
+
+def test_the_limit_counts_connections_not_started_sessions(guarded: ThreadedEdge) -> None:
+    limit = guarded.settings.max_sessions
+    with contextlib.ExitStack() as stack:
+        opened = [stack.enter_context(connect(guarded.url, open_timeout=10)) for _ in range(limit)]
+        assert wait_until(lambda: _connections(guarded) == limit, timeout=10)
+        with connect(guarded.url, open_timeout=10) as extra:
+            assert _next(extra, "error")["code"] == "busy"
+            assert _close_code(extra) == 1013
+        for ws in opened:  # the ones let in can all start
+            ws.send(START)
+            assert _next(ws, "ready")["type"] == "ready"
+        opened[0].close()
+        assert wait_until(lambda: _connections(guarded) == limit - 1, timeout=10)
+        with connect(guarded.url, open_timeout=10) as late:
+            late.send(START)
+            assert _next(late, "ready")["type"] == "ready"
+
+
+def test_idle_websocket_is_told_and_closed(guarded: ThreadedEdge) -> None:
+    with connect(guarded.url, open_timeout=10) as ws:
+        ws.send(START)
+        _next(ws, "ready")
+        event = _next(ws, "error", timeout=10)
+        assert event["code"] == "idle_timeout"
+        assert _next(ws, "end", timeout=10) == {"type": "end", "utterances": 0}
+        assert _close_code(ws) == 1008
+
+
+def test_slow_request_head_gets_408_and_is_closed(guarded: ThreadedEdge) -> None:
+    head = f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{guarded.port}\r\nUpgrade: websocket\r\n".encode()
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as sock:
+        started = time.monotonic()
+        answer = b""
+        for byte in head:  # a byte every 0.2 s: the head would take ~14 s
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.2)
+            sock.setblocking(False)
+            try:
+                chunk = sock.recv(4096)
+            except BlockingIOError:
+                chunk = None
+            finally:
+                sock.setblocking(True)
+            if chunk is not None:
+                answer += chunk
+                if not chunk:
+                    break
+        assert answer.startswith(b"HTTP/1.1 408")
+        assert time.monotonic() - started < 8  # closed at ~1 s, long before the head was done
+
+
+def _raw_websocket(port: int) -> socket.socket:
+    """A WebSocket opened by hand on a socket with a tiny receive buffer, so a client that never reads
+    fills the server's send path quickly."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+def _text_frame(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    size = len(payload)
+    header = bytes([0x81]) + (
+        bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack(">H", size)
+    )
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_client_that_never_reads_is_closed_and_shutdown_still_finishes(
+    edge_model: Any, tmp_path: Path
+) -> None:
+    settings = edge_settings(tmp_path, None, send_timeout_s=1.0, shutdown_timeout_s=2.0)
+    edge = ThreadedEdge(settings, edge_model).start()
+    stopped = False
+    sock = _raw_websocket(edge.port)
+    try:
+        frame = _text_frame(json.dumps({"type": "B" * 2000}).encode())
+        sock.settimeout(2)
+        sent = 0
+        try:
+            for _ in range(50_000):  # each earns an error event the client never reads
+                sock.sendall(frame)
+                sent += 1
+        except OSError:
+            pass  # the server stopped reading from us
+        assert sent > 1000
+        # The handler gave up on the client: its connection no longer counts, new clients get in.
+        assert wait_until(lambda: _connections(edge) == 0, timeout=30)
+        assert edge.rec.metrics.registry.get_sample_value(
+            "edge_client_errors_total", {"code": "not_reading"}
+        ) == pytest.approx(1.0)
+        with connect(edge.url, open_timeout=10) as ws:
+            ws.send(START)
+            assert _next(ws, "ready")["type"] == "ready"
+        # SIGTERM's path with the non-reading client still connected: it must finish.
+        started = time.monotonic()
+        edge.stop()
+        stopped = True
+        assert time.monotonic() - started < 25
+    finally:
+        sock.close()
+        if not stopped:
+            edge.stop()
