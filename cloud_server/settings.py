@@ -44,6 +44,11 @@ class CloudSettings(BaseSettings):
     """Upper bound on hypotheses a client may ask for."""
     max_audio_s: float = Field(default=600.0, gt=0)
     """Longest audio accepted in one request, in seconds."""
+    replay_items: int = Field(default=512, ge=0, le=100000)
+    """Answers kept to replay a retried utterance (same ``utterance_id``, config and audio) instead of
+    decoding it again; 0 turns replays off."""
+    replay_ttl_s: float = Field(default=3600.0, gt=0)
+    """How long an answer stays replayable."""
     long_audio_s: float = Field(default=30.0, gt=0, le=30.0)
     """Audio longer than this is split at pauses with the VAD before decoding."""
     max_upload_mb: float = Field(default=25.0, gt=0)

@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 from edge_agent.escalation.queue import EscalationQueue
 from speech_bench.services import free_port
 from tests.edge_client import EdgeClient, pcm16
-from tests.servers import ThreadedCloud, ThreadedEdge, cloud_settings, edge_settings
+from tests.servers import ThreadedCloud, ThreadedEdge, cloud_settings, edge_settings, wait_until
 from tests.speech import Clip, wer
 
 pytestmark = pytest.mark.model
@@ -220,14 +220,35 @@ def test_edge_restart_keeps_queued_escalations(
         edge.stop()
     with EscalationQueue(Path(settings.queue_path), 100, 3600) as queue:
         assert len(queue) == 1
+        queued = queue.next_due(float("inf"))
+        assert queued is not None
     cloud = ThreadedCloud(cloud_settings(model_cache, model="tiny.en", grpc_port=port)).start()
+
+    def answered(status: str) -> float:
+        return cloud.metric(
+            "cloud_requests_total", {"interface": "grpc", "route": "Recognize", "status": status}
+        )
+
+    def drained(edge: ThreadedEdge) -> None:
+        assert wait_until(lambda: httpx.get(f"{edge.http}/health").json()["queued_escalations"] == 0, 60)
+
     edge = ThreadedEdge(settings, edge_model).start()
     try:
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{edge.http}/health").json()["queued_escalations"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert httpx.get(f"{edge.http}/health").json()["queued_escalations"] == 0
-        assert "edge_cloud_errors_total" in httpx.get(f"{edge.http}/metrics").text
+        drained(edge)
+        # Drained because the cloud answered it, once: not because it was dropped.
+        assert answered("OK") == 1
+        assert cloud.metric("cloud_inference_seconds_count", {"operation": "recognize"}) == 1
+    finally:
+        edge.stop()
+    # As if the edge died after the cloud answered but before it deleted the item: the retried
+    # utterance is answered again without a second decode.
+    with EscalationQueue(Path(settings.queue_path), 100, 3600) as queue:
+        queue.put(queued.utterance_id, queued.session_id, queued.audio, queued.context)
+    edge = ThreadedEdge(settings, edge_model).start()
+    try:
+        drained(edge)
+        assert (answered("OK"), answered("REPLAYED")) == (1, 1)
+        assert cloud.metric("cloud_inference_seconds_count", {"operation": "recognize"}) == 1
     finally:
         edge.stop()
         cloud.stop()

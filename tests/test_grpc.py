@@ -107,6 +107,33 @@ def test_streaming_recognize_with_context_update(
     assert result.hypotheses[0].words[-1].end <= clip.duration + 0.05
 
 
+def test_a_retried_utterance_is_answered_again_not_decoded_twice(
+    stub: speech_pb2_grpc.CloudRecognizerStub, cloud: ThreadedCloud, real_clips: list[Clip]
+) -> None:
+    clip = next(c for c in real_clips if c.kind == "command")
+    request = _request(clip.pcm16(), language="en", n_best=2)
+    request.context.utterance_id = "retried-1"
+    decodes = cloud.metric("cloud_inference_seconds_count", {"operation": "recognize"})
+    replays = cloud.metric(
+        "cloud_requests_total", {"interface": "grpc", "route": "Recognize", "status": "REPLAYED"}
+    )
+    first = stub.Recognize(request, timeout=60)
+    again = stub.Recognize(request, timeout=60)
+    assert again == first and first.hypotheses
+    assert cloud.metric("cloud_inference_seconds_count", {"operation": "recognize"}) == decodes + 1
+    assert (
+        cloud.metric(
+            "cloud_requests_total", {"interface": "grpc", "route": "Recognize", "status": "REPLAYED"}
+        )
+        == replays + 1
+    )
+    # Other audio under the same id is another utterance: decoded.
+    other = _request(real_clips[0].pcm16(), language="en", n_best=2)
+    other.context.utterance_id = "retried-1"
+    assert stub.Recognize(other, timeout=60).hypotheses
+    assert cloud.metric("cloud_inference_seconds_count", {"operation": "recognize"}) == decodes + 2
+
+
 def test_long_audio_is_segmented_not_hallucinated(
     stub: speech_pb2_grpc.CloudRecognizerStub, long_clip: Clip
 ) -> None:
