@@ -41,7 +41,8 @@ class EdgeSettings(BaseSettings):
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     """On SIGTERM, connections get this long to finish before their tasks are cancelled."""
     session_queue_frames: int = Field(default=64, ge=1)
-    """Audio frames buffered per session before the reader stops reading (backpressure)."""
+    """Frames a connection may have waiting in the WebSocket layer; past it the server stops reading the
+    socket and TCP flow control holds the client back (backpressure)."""
 
     # -- model -----------------------------------------------------------------------------
     model: str = "moonshine"

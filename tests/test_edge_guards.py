@@ -230,3 +230,20 @@ def test_client_that_never_reads_is_closed_and_shutdown_still_finishes(
         sock.close()
         if not stopped:
             edge.stop()
+
+
+def test_the_server_config_carries_the_settings() -> None:
+    from fastapi import FastAPI
+
+    from edge_agent.server.serving import WS_MAX_MESSAGE, server_config
+    from edge_agent.settings import EdgeSettings
+
+    settings = EdgeSettings(session_queue_frames=5, max_frame_bytes=64 * 1024, shutdown_timeout_s=2.5)
+    config = server_config(FastAPI(), settings, "127.0.0.1", 0)
+    assert (config.ws_max_queue, config.ws_max_size, config.timeout_graceful_shutdown) == (
+        5,
+        WS_MAX_MESSAGE,
+        3,
+    )
+    big = server_config(FastAPI(), EdgeSettings(max_frame_bytes=WS_MAX_MESSAGE), "127.0.0.1", 0)
+    assert big.ws_max_size == 2 * WS_MAX_MESSAGE

@@ -69,6 +69,10 @@ def server_config(
         log_config=None,
         http=head_timeout_protocol(settings.handshake_timeout_s),
         ws_max_size=max(WS_MAX_MESSAGE, 2 * settings.max_frame_bytes),
+        # Frames are processed as they arrive (VAD inline, decoding on the worker); while the loop is
+        # busy, at most this many wait in the WebSocket layer before it stops reading the socket and
+        # TCP flow control holds the client back.
+        ws_max_queue=settings.session_queue_frames,
         # A connection stuck past this (a client that never reads) must not hold up a SIGTERM.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
     )
