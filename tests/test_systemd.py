@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -82,3 +84,70 @@ def test_ready_after_model_and_port_then_watchdog_pings(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.model
+def test_a_wedged_event_loop_stops_the_watchdog_pings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pings come from the agent's event loop, so a loop stuck in a blocking call stops them and
+    systemd's WatchdogSec restarts the agent (Restart=on-failure). The test marks the wedge with its own
+    datagrams on the notify socket, sent from the loop's thread, so the order of what arrives tells
+    which pings fell inside it: no clock is compared."""
+    from edge_agent import systemd
+    from edge_agent.cli import serve
+    from edge_agent.settings import EdgeSettings
+    from speech_bench.services import free_port
+
+    notify_path = tmp_path / "notify.sock"
+    received: list[str] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(notify_path))
+        listener.settimeout(0.2)
+        listening = threading.Event()
+        listening.set()
+
+        def listen() -> None:
+            while listening.is_set():
+                try:
+                    received.append(listener.recv(4096).decode())
+                except TimeoutError:
+                    continue
+
+        thread = threading.Thread(target=listen, daemon=True)
+        thread.start()
+        monkeypatch.setenv("NOTIFY_SOCKET", str(notify_path))
+        monkeypatch.setenv("WATCHDOG_USEC", "400000")  # a ping every 0.2 s
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+        settings = EdgeSettings(
+            host="127.0.0.1", port=free_port(), cloud_target="",
+            model_cache_dir=ROOT / ".cache" / "edge-models", queue_path=tmp_path / "q.sqlite3",
+        )  # fmt: skip
+
+        async def run() -> None:
+            server = asyncio.create_task(serve(settings))
+            while "READY=1" not in "".join(received):
+                assert not server.done()
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
+            systemd.notify("TEST=wedged")
+            time.sleep(2.0)  # noqa: ASYNC251 -- the point: a blocking call wedges the loop
+            systemd.notify("TEST=resumed")
+            await asyncio.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGTERM)  # the agent's own handler: a clean stop
+            await asyncio.wait_for(server, 30)
+
+        try:
+            asyncio.run(run())
+            deadline = time.monotonic() + 10
+            while "STOPPING=1" not in received and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            listening.clear()
+            thread.join(5)
+    ready = next(i for i, m in enumerate(received) if m.startswith("READY=1"))
+    wedged, resumed = received.index("TEST=wedged"), received.index("TEST=resumed")
+    assert received[ready:wedged].count("WATCHDOG=1") >= 3  # ~5 in the second before
+    assert received[wedged:resumed] == ["TEST=wedged"]  # ~10 were due: none came
+    assert received[resumed:].count("WATCHDOG=1") >= 3
+    assert received[-1] == "STOPPING=1"
