@@ -12,10 +12,12 @@ import httpx
 import numpy as np
 import pytest
 import soxr
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from edge_agent.escalation.queue import EscalationQueue
+from edge_agent.offramp import Reason
 from speech_bench.services import free_port
 from tests.edge_client import EdgeClient, pcm16
 from tests.servers import ThreadedCloud, ThreadedEdge, cloud_settings, edge_settings, wait_until
@@ -304,6 +306,13 @@ def test_bad_inputs_get_error_events(edge: ThreadedEdge) -> None:
     assert httpx.get(f"{edge.http}/health").json()["status"] == "ok"
 
 
+def _close_code(ws: Any) -> int | None:
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            ws.recv(timeout=10)
+    return info.value.rcvd.code if info.value.rcvd else None
+
+
 def test_session_limits(edge_model: Any, tmp_path: Path) -> None:
     settings = edge_settings(tmp_path, None, max_sessions=1, max_session_bytes=64000, max_session_s=3.0)
     edge = ThreadedEdge(settings, edge_model).start()
@@ -319,34 +328,53 @@ def test_session_limits(edge_model: Any, tmp_path: Path) -> None:
         first.send_audio(b"\x00\x00" * 40000)
         first.wait_for("end", timeout=30)
         assert [e["code"] for e in first.of("error")] == ["session_limit"]
-        deadline = time.monotonic() + 10
-        while httpx.get(f"{edge.http}/health").json()["sessions"] and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert _close_code(first.ws) == 1008
+        assert wait_until(lambda: httpx.get(f"{edge.http}/health").json()["connections"] == 0, 10)
         second = EdgeClient(edge.url)
         second.start()
         second.wait_for("end", timeout=30)
         assert [e["code"] for e in second.of("error")] == ["session_timeout"]
+        assert _close_code(second.ws) == 1008
     finally:
         edge.stop()
 
 
-def test_health_and_metrics(edge: ThreadedEdge, real_clips: list[Clip]) -> None:
+def test_health_and_metrics(edge: ThreadedEdge, real_clips: list[Clip], tts_clips: list[Clip]) -> None:
+    def metric(name: str, labels: dict[str, str] | None = None) -> float:
+        text = httpx.get(f"{edge.http}/metrics").text
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        return samples.get((name, tuple(sorted((labels or {}).items()))), 0.0)
+
     client = EdgeClient(edge.url)
     client.start()
-    client.send_audio(pcm16(_with_silence(real_clips[0].samples())))
-    client.stop()
+    client.ws.send(b"\x00\x00\x00")  # one bad_audio
+    client.send_json({"type": "dance"})  # one unknown_type
+    audio = [_with_silence(c.samples(), 0.3, 1.0) for c in (real_clips[0], tts_clips[0])]
+    client.send_audio(pcm16(np.concatenate(audio)))
+    events = client.stop()
+    finals = [e for e in events if e["type"] == "final"]
     health = httpx.get(f"{edge.http}/health").json()
     assert health["status"] == "ok" and health["model"] == "moonshine-base"
     assert health["cloud"] == "closed"
-    metrics = httpx.get(f"{edge.http}/metrics").text
-    for name in (
-        "edge_utterances_total",
-        "edge_final_latency_seconds_count",
-        "edge_pilot_runs_total",
-        "edge_queue_depth",
-        "edge_sessions",
-    ):
-        assert name in metrics, name
+    assert (health["sessions"], health["connections"], health["queued_escalations"]) == (0, 0, 0)
+    assert len(finals) == 2
+    assert metric("edge_utterances_total") == 2
+    assert metric("edge_final_latency_seconds_count") == 2
+    escalated = sum(1 for f in finals if f["escalated"])
+    assert sum(metric("edge_escalations_total", {"reason": r.value}) for r in Reason) == escalated
+    assert metric("edge_client_errors_total", {"code": "bad_audio"}) == 1
+    assert metric("edge_client_errors_total", {"code": "unknown_type"}) == 1
+    # Every partial comes from a pilot run (a run whose text did not change publishes none).
+    assert metric("edge_pilot_runs_total") >= len([e for e in events if e["type"] == "partial"])
+    assert metric("edge_sessions") == 0 and metric("edge_queue_depth") == 0
+    assert metric("edge_corrections_total") == 0
+    assert metric("edge_audio_seconds_total") == pytest.approx(
+        sum(f["end"] - f["start"] for f in finals), abs=0.05
+    )
 
 
 def test_early_escalation_streams_audio_before_end_of_speech(
