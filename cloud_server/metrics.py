@@ -33,6 +33,13 @@ class CloudMetrics:
             "cloud_queue_depth", "Inference requests admitted (running plus waiting)", registry=self.registry
         )
         self.queue_depth.set_function(queue_depth)
+        self.cancelled = Counter(
+            "cloud_cancelled_requests",
+            "Requests whose client went away (gRPC cancel or deadline, REST disconnect) before their "
+            "answer: queued ones never run, running ones stop at their next check",
+            ["stage"],
+            registry=self.registry,
+        )
         self.model_loaded = Gauge("cloud_model_loaded", "1 once the model is loaded", registry=self.registry)
         self.pilots = Counter(
             "cloud_pilots",

@@ -50,11 +50,20 @@ class BackgroundJob(Generic[T]):
 
 
 class InferencePool:
-    def __init__(self, workers: int, max_pending: int, retry_after_s: int) -> None:
+    def __init__(
+        self,
+        workers: int,
+        max_pending: int,
+        retry_after_s: int,
+        on_cancelled: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_cancelled(stage)`` hears of each request whose caller went away: ``"queued"`` (it never
+        ran) or ``"running"`` (it stops at its next check)."""
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._workers = workers
         self._max_pending = max_pending
         self._retry_after_s = retry_after_s
+        self._on_cancelled = on_cancelled
         self._pending = 0
         self._background: set[threading.Event] = set()
         self._lock = threading.Lock()
@@ -96,6 +105,10 @@ class InferencePool:
         except asyncio.CancelledError:
             cancel.set()
             future.cancel()
+            # Cancelling succeeds only while no worker has taken the job; one that finished meanwhile
+            # was not cancelled at all.
+            if self._on_cancelled is not None and not (future.done() and not future.cancelled()):
+                self._on_cancelled("queued" if future.cancelled() else "running")
             raise
 
     def try_background(self, fn: Callable[[threading.Event], T]) -> BackgroundJob[T] | None:

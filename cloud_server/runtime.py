@@ -37,8 +37,13 @@ class CloudRuntime:
 
     def __init__(self, settings: CloudSettings) -> None:
         self.settings = settings
-        self.pool = InferencePool(settings.workers, settings.max_queue, settings.retry_after_s)
         self.metrics = CloudMetrics(lambda: float(self.pool.pending))
+        self.pool = InferencePool(
+            settings.workers,
+            settings.max_queue,
+            settings.retry_after_s,
+            on_cancelled=lambda stage: self.metrics.cancelled.labels(stage).inc(),
+        )
         self.location: ModelLocation | None = None
         self._engine: WhisperEngine | None = None
         # Read at construction so a missing or malformed weights file stops the server at start.

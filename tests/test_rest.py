@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import av
 import httpx
@@ -13,7 +15,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.servers import ThreadedCloud, cloud_settings
+from tests.audio_files import silence_flac, wav, with_flac_total_samples
+from tests.servers import ThreadedCloud, cloud_settings, wait_until
 from tests.speech import Clip, normalize, wer
 
 pytestmark = pytest.mark.model
@@ -130,7 +133,7 @@ def test_compressed_formats(
 
 
 def _post(cloud: ThreadedCloud, files: dict[str, tuple[str, bytes, str]], **data: str) -> httpx.Response:
-    return httpx.post(f"{cloud.rest_url}/v1/audio/transcriptions", files=files, data=data, timeout=60)
+    return httpx.post(f"{cloud.rest_url}/v1/audio/transcriptions", files=files, data=data, timeout=120)
 
 
 def _error(response: httpx.Response, status: int, code: str) -> str:
@@ -248,3 +251,81 @@ def test_api_key(model_cache: str, clip: Clip, caplog: pytest.LogCaptureFixture)
     finally:
         cloud.stop()
     assert key not in caplog.text
+
+
+def test_decompression_bomb_is_refused_without_decoding_it(cloud: ThreadedCloud) -> None:
+    # An hour of 8 kHz silence: 90 kB of FLAC, 115 MB as 16 kHz samples (the test server's limit is 120 s).
+    bomb = silence_flac(3600)
+    message = _error(_post(cloud, {"file": ("long.flac", bomb, "audio/flac")}), 400, "invalid_audio")
+    assert message == "audio is too long (3600.0 s by the file's header); the limit is 120 s"
+    # A header with no length (as streaming encoders write it) or a false one: decoding stops at the limit.
+    for declared in (0, 10 * 8000):
+        lying = with_flac_total_samples(bomb, declared)
+        message = _error(_post(cloud, {"file": ("long.flac", lying, "audio/flac")}), 400, "invalid_audio")
+        assert message == "audio is too long: decoding passed the limit of 120 s"
+    assert httpx.get(f"{cloud.rest_url}/health", timeout=5).json() == {"status": "ok"}
+    assert cloud.metric("cloud_queue_depth") == 0
+
+
+def test_non_finite_samples_and_odd_bit_depths_are_refused(cloud: ThreadedCloud, clip: Clip) -> None:
+    speech = clip.samples().astype("<f4")
+    speech[16000] = np.nan
+    message = _error(
+        _post(cloud, {"file": ("nan.wav", wav(speech.tobytes(), 32, format_tag=3), "audio/wav")}),
+        400,
+        "invalid_audio",
+    )
+    assert message == "the audio holds non-finite samples (NaN or infinity), the first at 1.00 s"
+    seven_bit = (np.clip(clip.samples(), -1, 1) * 63 + 64).astype(np.uint8).tobytes()
+    message = _error(
+        _post(cloud, {"file": ("seven.wav", wav(seven_bit, 7), "audio/wav")}), 400, "invalid_audio"
+    )
+    assert message.startswith("unsupported sample format: 7-bit integer PCM; send PCM WAV/AIFF with 8-, 16-")
+    assert "FLAC, MP3" in message
+
+
+@pytest.mark.parametrize(
+    "field", ["model", "response_format", "temperature", "language", "timestamp_granularities[]"]
+)
+def test_empty_form_values_are_refused(cloud: ThreadedCloud, field: str) -> None:
+    form = {"model": "whisper-1", field: ""}
+    response = _post(cloud, {"file": ("a.wav", _silence_wav(), "audio/wav")}, **form)
+    message = _error(response, 400, "invalid_value")
+    assert message == f"{field} is empty; leave it out for the default"
+    assert response.json()["error"]["param"] == field
+
+
+def test_client_disconnect_cancels_its_queued_transcription(
+    cloud: ThreadedCloud, long_clip: Clip, clip: Clip
+) -> None:
+    pool = cloud.runtime.pool
+    route = {"interface": "rest", "route": "/v1/audio/transcriptions", "status": "499"}
+    transcribed = cloud.metric("cloud_inference_seconds_count", {"operation": "transcribe"})
+    dropped = cloud.metric("cloud_cancelled_requests_total", {"stage": "queued"})
+    closed = cloud.metric("cloud_requests_total", route)
+    assert pool.pending == 0
+    with ThreadPoolExecutor(1) as background:
+        # The test server has one worker: the long clip holds it while the second request waits.
+        busy = background.submit(
+            _post, cloud, {"file": ("long.wav", long_clip.path.read_bytes(), "audio/wav")}, language="en"
+        )
+        assert wait_until(lambda: pool.pending == 1, timeout=30)
+        queued = httpx.Request(
+            "POST",
+            f"{cloud.rest_url}/v1/audio/transcriptions",
+            files={"file": ("a.wav", clip.path.read_bytes(), "audio/wav")},
+            data={"model": "whisper-1"},
+        )
+        connection = http.client.HTTPConnection("127.0.0.1", cloud.server.rest_port, timeout=30)
+        connection.request("POST", queued.url.raw_path.decode(), body=queued.read(), headers=queued.headers)
+        assert wait_until(lambda: pool.pending == 2, timeout=30)
+        connection.close()  # the client goes away without reading the answer
+        # The queued job leaves the queue at once, while the long clip still runs.
+        assert wait_until(lambda: pool.pending == 1, timeout=30)
+        assert not busy.done()
+        assert busy.result().status_code == 200
+    assert wait_until(lambda: cloud.metric("cloud_requests_total", route) == closed + 1, timeout=10)
+    assert cloud.metric("cloud_cancelled_requests_total", {"stage": "queued"}) == dropped + 1
+    # Only the long clip reached the model.
+    assert cloud.metric("cloud_inference_seconds_count", {"operation": "transcribe"}) == transcribed + 1
+    assert pool.pending == 0

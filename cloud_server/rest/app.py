@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import PurePath
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -25,12 +26,15 @@ from cloud_server.runtime import CloudRuntime, ModelNotReadyError
 from cloud_server.settings import CloudSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 AUDIO_EXTENSIONS = frozenset(
     {"flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "opus", "wav", "webm", "weba", "aac"}
 )
 _OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 _ALIASES = ("whisper-1",)
+# FastAPI reads an empty form value as an absent one and would quietly use the default.
+_NOT_EMPTY = ("model", "language", "response_format", "temperature", "timestamp_granularities[]")
 
 
 def create_app(settings: CloudSettings | None = None, runtime: CloudRuntime | None = None) -> FastAPI:
@@ -111,6 +115,7 @@ def create_app(settings: CloudSettings | None = None, runtime: CloudRuntime | No
 
     @app.post("/v1/audio/transcriptions", response_model=None)
     async def transcriptions(
+        request: Request,
         file: Annotated[UploadFile, File(description="Audio file: wav, flac, mp3, ogg, m4a, webm, ...")],
         model: Annotated[str, Form()] = "whisper-1",
         language: Annotated[str | None, Form()] = None,
@@ -119,6 +124,12 @@ def create_app(settings: CloudSettings | None = None, runtime: CloudRuntime | No
         temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
         timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
     ) -> Response | dict[str, Any]:
+        form = await request.form()  # already parsed for the parameters: this is FastAPI's copy
+        for name in _NOT_EMPTY:
+            if "" in form.getlist(name):
+                raise ApiError(
+                    400, f"{name} is empty; leave it out for the default", "invalid_value", param=name
+                )
         _check_model(model, rt)
         if response_format not in formats.RESPONSE_FORMATS:
             raise ApiError(
@@ -143,7 +154,8 @@ def create_app(settings: CloudSettings | None = None, runtime: CloudRuntime | No
         _check_type(file)
         data = await _read_limited(file, upload_limit)
         try:
-            audio = decode_file(data, settings.max_audio_s)
+            # Decoding takes a while on long files; the event loop keeps serving meanwhile.
+            audio = await asyncio.to_thread(decode_file, data, settings.max_audio_s)
         except InvalidAudioError as exc:
             raise ApiError(400, str(exc), "invalid_audio", param="file") from exc
         options = TranscribeOptions(
@@ -154,7 +166,7 @@ def create_app(settings: CloudSettings | None = None, runtime: CloudRuntime | No
             word_timestamps="word" in granularities,
         )
         try:
-            transcript = await rt.transcribe(audio, options)
+            transcript = await _unless_disconnected(request, rt.transcribe(audio, options))
         except OverloadedError as exc:
             raise ApiError(
                 503,
@@ -182,6 +194,33 @@ def create_app(settings: CloudSettings | None = None, runtime: CloudRuntime | No
         return formats.to_json(transcript)
 
     return app
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` unless the client goes away first: then cancel it (the pool drops a queued job
+    and stops a running one at its next check) and answer 499. Uvicorn does not cancel a handler whose
+    client left, so without this a closed connection would still cost a full decode."""
+    job = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((job, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not job.done():
+            job.cancel()
+            # Let the pool handle the cancellation before the handler answers (or is itself cancelled).
+            await asyncio.wait((job,))
+    if job.cancelled():
+        gone.result()  # a failure to watch the connection is an error (500, logged), not a false 499
+        raise ApiError(499, "the client closed the connection", "cancelled")
+    return job.result()
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client disconnects. The body has been read, so the server's next message is
+    the disconnect; it comes when the connection closes (or when the response is complete)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _check_model(model: str, rt: CloudRuntime) -> None:
