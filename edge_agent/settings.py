@@ -33,9 +33,12 @@ class EdgeSettings(BaseSettings):
     handshake_timeout_s: float = Field(default=10.0, gt=0)
     """Time a new connection has to deliver its HTTP request head (the WebSocket upgrade); slower
     ones get 408 and are closed."""
-    idle_timeout_s: float = Field(default=60.0, gt=0)
-    """A WebSocket that sends no complete message for this long gets ``idle_timeout`` and close 1008
-    (a microphone streams every few tens of ms, silence included)."""
+    start_timeout_s: float = Field(default=10.0, gt=0)
+    """A WebSocket must send ``start`` within this long (else ``start_timeout`` and close 1008): a
+    connection that never starts holds a place under ``max_sessions`` for nothing."""
+    idle_timeout_s: float = Field(default=300.0, gt=0)
+    """A started WebSocket that sends no complete message for this long gets ``idle_timeout`` and close
+    1008 (long enough for a push-to-talk client between utterances, or one waiting for corrections)."""
     send_timeout_s: float = Field(default=10.0, gt=0)
     """A client that has not taken one event off the socket for this long is not reading: it is closed."""
     shutdown_timeout_s: float = Field(default=10.0, gt=0)

@@ -34,7 +34,6 @@ def guarded(edge_model: Any, tmp_path: Path) -> Iterator[ThreadedEdge]:
         None,
         max_sessions=3,
         handshake_timeout_s=1.0,
-        idle_timeout_s=1.5,
         send_timeout_s=1.0,
         shutdown_timeout_s=2.0,
     )
@@ -129,14 +128,30 @@ def test_the_limit_counts_connections_not_started_sessions(guarded: ThreadedEdge
             assert _next(late, "ready")["type"] == "ready"
 
 
-def test_idle_websocket_is_told_and_closed(guarded: ThreadedEdge) -> None:
-    with connect(guarded.url, open_timeout=10) as ws:
-        ws.send(START)
-        _next(ws, "ready")
-        event = _next(ws, "error", timeout=10)
-        assert event["code"] == "idle_timeout"
-        assert _next(ws, "end", timeout=10) == {"type": "end", "utterances": 0}
-        assert _close_code(ws) == 1008
+def test_idle_websocket_is_told_and_closed(edge_model: Any, tmp_path: Path) -> None:
+    edge = ThreadedEdge(edge_settings(tmp_path, None, idle_timeout_s=1.5), edge_model).start()
+    try:
+        with connect(edge.url, open_timeout=10) as ws:
+            ws.send(START)
+            _next(ws, "ready")
+            event = _next(ws, "error", timeout=10)
+            assert event["code"] == "idle_timeout"
+            assert _next(ws, "end", timeout=10) == {"type": "end", "utterances": 0}
+            assert _close_code(ws) == 1008
+    finally:
+        edge.stop()
+
+
+def test_a_connection_that_never_starts_is_told_and_closed(edge_model: Any, tmp_path: Path) -> None:
+    edge = ThreadedEdge(edge_settings(tmp_path, None, start_timeout_s=1.0), edge_model).start()
+    try:
+        with connect(edge.url, open_timeout=10) as ws:
+            event = _next(ws, "error", timeout=10)
+            assert event["code"] == "start_timeout"
+            assert _close_code(ws) == 1008
+        assert wait_until(lambda: _connections(edge) == 0, timeout=10)
+    finally:
+        edge.stop()
 
 
 def test_slow_request_head_gets_408_and_is_closed(guarded: ThreadedEdge) -> None:

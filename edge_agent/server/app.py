@@ -182,11 +182,16 @@ class StreamConnection:
 
     async def _receive_loop(self) -> None:
         while not self.closing:
+            started = self.session is not None
+            wait_s = self.settings.idle_timeout_s if started else self.settings.start_timeout_s
             try:
-                message = await asyncio.wait_for(self.ws.receive(), timeout=self.settings.idle_timeout_s)
+                message = await asyncio.wait_for(self.ws.receive(), timeout=wait_s)
             except TimeoutError:
-                self._error("idle_timeout", f"nothing received for {self.settings.idle_timeout_s:g} s")
-                await self._finish_and_close(POLICY, "idle timeout")
+                if started:
+                    self._error("idle_timeout", f"nothing received for {wait_s:g} s")
+                else:
+                    self._error("start_timeout", f"no start message within {wait_s:g} s")
+                await self._finish_and_close(POLICY, "idle timeout" if started else "start timeout")
                 return
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
