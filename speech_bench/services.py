@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,9 +85,10 @@ class Service:
                 self.proc.kill()
 
 
-def start_cloud(model: str, threads: int, log: Path) -> Service:
+def start_cloud(model: str, threads: int, log: Path, env: Mapping[str, str] | None = None) -> Service:
+    """``env``: more ``CLOUD_*`` settings for this process (e.g. ``CLOUD_MAX_QUEUE``)."""
     rest, grpc_port = free_port(), free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLOUD_LOG_LEVEL": "WARNING"}
+    environ = {**os.environ, "HF_HUB_OFFLINE": "1", "CLOUD_LOG_LEVEL": "WARNING", **(env or {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [
@@ -94,7 +96,7 @@ def start_cloud(model: str, threads: int, log: Path) -> Service:
                 *("--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port)),
                 *("--model", model, "--cpu-threads", str(threads)),
             ],
-            env=env,
+            env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -108,19 +110,25 @@ def start_cloud(model: str, threads: int, log: Path) -> Service:
 
 
 def start_edge(
-    args: list[str], cloud_target: str, queue: Path, log: Path, model: str | None = None
+    args: list[str],
+    cloud_target: str,
+    queue: Path,
+    log: Path,
+    model: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Service:
+    """``env``: more ``EDGE_*`` settings for this process (e.g. ``EDGE_MAX_SESSIONS``)."""
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGE_LOG_LEVEL": "WARNING"}
+    environ = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGE_LOG_LEVEL": "WARNING", **(env or {})}
     if model:
-        env["EDGE_MODEL"] = model
+        environ["EDGE_MODEL"] = model
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [
                 *(str(_BIN / "edge-agent"), "--host", "127.0.0.1", "--port", str(port)),
                 *("--cloud-target", cloud_target, "--queue-path", str(queue), *args),
             ],
-            env=env,
+            env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
