@@ -18,12 +18,13 @@ from websockets.sync.client import connect
 
 from edge_agent.escalation.queue import EscalationQueue
 from edge_agent.offramp import Reason
-from speech_bench.services import free_port
+from speech_bench.services import free_port, start_edge
 from tests.edge_client import EdgeClient, pcm16
 from tests.servers import ThreadedCloud, ThreadedEdge, cloud_settings, edge_settings, wait_until
 from tests.speech import Clip, wer
 
 pytestmark = pytest.mark.model
+_ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
 PATIENT_S = 60.0  # a cloud deadline no loaded machine misses
 
@@ -205,25 +206,49 @@ def test_cloud_killed_then_restarted_gives_corrections(
         cloud.stop()
 
 
-def test_edge_restart_keeps_queued_escalations(
-    edge_model: Any, model_cache: str, tmp_path: Path, real_clips: list[Clip]
+def test_edge_killed_keeps_queued_escalations(
+    model_cache: str, tmp_path: Path, real_clips: list[Clip]
 ) -> None:
+    """``kill -9`` of the edge process with escalations queued: after a restart each is sent once, and
+    the cloud's own counts show it decoded each once (a drained queue alone would prove nothing: an item
+    the cloud refused for good is deleted too)."""
     port = free_port()  # nothing listens: the cloud is down
-    settings = edge_settings(tmp_path, f"127.0.0.1:{port}", escalation_threshold=0.0, cloud_deadline_s=1.0)
-    edge = ThreadedEdge(settings, edge_model).start()
-    clip = next(c for c in real_clips if c.kind == "read")
+    queue_path = tmp_path / "queue.sqlite3"
+    env = {
+        "EDGE_ESCALATION_THRESHOLD": "0",
+        "EDGE_CLOUD_DEADLINE_S": "1",
+        "EDGE_RETRY_INITIAL_S": "0.2",
+        "EDGE_RETRY_MAX_S": "1",
+        "EDGE_BREAKER_RESET_S": "1",
+        "EDGE_MODEL_CACHE_DIR": str(_ROOT / ".cache" / "edge-models"),
+    }
+
+    def start_edge_process() -> Any:
+        return start_edge([], f"127.0.0.1:{port}", queue_path, tmp_path / "edge.log", env=env)
+
+    def queued(edge: Any) -> int:
+        return int(httpx.get(f"{edge.url}/health", timeout=10).json()["queued_escalations"])
+
+    clips = [c for c in real_clips if c.kind == "read"][:2]
+    edge = start_edge_process()
     try:
-        client = EdgeClient(edge.url)
+        client = EdgeClient(f"ws://{edge.url.removeprefix('http://')}/v1/stream")
         client.start()
-        client.send_audio(pcm16(_with_silence(clip.samples())))
-        events = client.stop()
-        assert [e["cloud_pending"] for e in events if e["type"] == "final"] == [True]
+        for clip in clips:
+            client.send_audio(pcm16(_with_silence(clip.samples())))
+        finals = client.wait_for("final", 2, timeout=60)
+        assert [f["cloud_pending"] for f in finals] == [True, True]
+        assert wait_until(lambda: queued(edge) == 2, 10)
+        assert edge.proc is not None
+        edge.proc.kill()  # SIGKILL: no shutdown path runs
+        edge.proc.wait(10)
+        client.close()
     finally:
         edge.stop()
-    with EscalationQueue(Path(settings.queue_path), 100, 3600) as queue:
-        assert len(queue) == 1
-        queued = queue.next_due(float("inf"))
-        assert queued is not None
+    with EscalationQueue(queue_path, 100, 3600) as queue:
+        assert len(queue) == 2
+        first = queue.next_due(float("inf"))
+        assert first is not None
     cloud = ThreadedCloud(cloud_settings(model_cache, model="tiny.en", grpc_port=port)).start()
 
     def answered(status: str) -> float:
@@ -231,26 +256,25 @@ def test_edge_restart_keeps_queued_escalations(
             "cloud_requests_total", {"interface": "grpc", "route": "Recognize", "status": status}
         )
 
-    def drained(edge: ThreadedEdge) -> None:
-        assert wait_until(lambda: httpx.get(f"{edge.http}/health").json()["queued_escalations"] == 0, 60)
-
-    edge = ThreadedEdge(settings, edge_model).start()
+    edge = start_edge_process()
     try:
-        drained(edge)
-        # Drained because the cloud answered it, once: not because it was dropped.
-        assert answered("OK") == 1
-        assert cloud.metric("cloud_inference_seconds_count", {"operation": "recognize"}) == 1
+        assert wait_until(lambda: queued(edge) == 0, 90)
+        # Drained because the cloud answered each, once: not because they were dropped.
+        assert answered("OK") == 2
+        assert cloud.metric("cloud_inference_seconds_count", {"operation": "recognize"}) == 2
+        edge.proc.kill()
+        edge.proc.wait(10)
     finally:
         edge.stop()
     # As if the edge died after the cloud answered but before it deleted the item: the retried
     # utterance is answered again without a second decode.
-    with EscalationQueue(Path(settings.queue_path), 100, 3600) as queue:
-        queue.put(queued.utterance_id, queued.session_id, queued.audio, queued.context)
-    edge = ThreadedEdge(settings, edge_model).start()
+    with EscalationQueue(queue_path, 100, 3600) as queue:
+        queue.put(first.utterance_id, first.session_id, first.audio, first.context)
+    edge = start_edge_process()
     try:
-        drained(edge)
-        assert (answered("OK"), answered("REPLAYED")) == (1, 1)
-        assert cloud.metric("cloud_inference_seconds_count", {"operation": "recognize"}) == 1
+        assert wait_until(lambda: queued(edge) == 0, 90)
+        assert (answered("OK"), answered("REPLAYED")) == (2, 1)
+        assert cloud.metric("cloud_inference_seconds_count", {"operation": "recognize"}) == 2
     finally:
         edge.stop()
         cloud.stop()
