@@ -171,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / ".cache" / "conformer-data")
     parser.add_argument("--per-set", type=int, default=60)
-    parser.add_argument("--models", nargs="+", default=["conformer", "conformer/rnnt", "moonshine"])
+    parser.add_argument("--models", nargs="+", default=["conformer/ctc", "conformer/rnnt", "moonshine"])
     parser.add_argument("--benchmarks-md", type=Path)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
