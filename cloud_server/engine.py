@@ -493,6 +493,11 @@ class WhisperEngine:
     def _align(
         self, tokenizer: Tokenizer, tokens: list[int], encoder_output: object, num_frames: int, offset: float
     ) -> tuple[Word, ...]:
+        if num_frames < 2:
+            # Under one encoder frame (20 ms) of audio there is nothing to align to: CTranslate2 returns
+            # no alignment and find_alignment raised IndexError, so a 10 ms request with word timestamps
+            # failed as UNKNOWN (found by tests/test_fuzz_cloud.py). Such hypotheses get no word times.
+            return ()
         alignment = self._model.find_alignment(tokenizer, [tokens], encoder_output, num_frames)[0]
         merge_punctuations(alignment, _PREPEND_PUNCTUATIONS, _APPEND_PUNCTUATIONS)
         return tuple(

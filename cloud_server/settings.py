@@ -33,7 +33,7 @@ class CloudSettings(BaseSettings):
     """Threads per inference worker."""
     workers: int = Field(default=1, ge=1, le=16)
     """Inference workers that may run at the same time (each uses ``cpu_threads``)."""
-    max_queue: int = Field(default=8, ge=1, le=1000)
+    max_queue: int = Field(default=4, ge=1, le=1000)
     """Requests admitted at once (running plus waiting). Past this, RESOURCE_EXHAUSTED / HTTP 503."""
     retry_after_s: int = Field(default=2, ge=1, le=3600)
     """Retry-After sent with a refusal for overload."""

@@ -22,8 +22,9 @@ class EdgeSettings(BaseSettings):
     """Address the WebSocket/HTTP server binds to."""
     port: int = Field(default=8765, ge=0, le=65535)
     """WebSocket/HTTP port (0 picks a free port)."""
-    max_sessions: int = Field(default=8, ge=1, le=1000)
-    """Concurrent WebSocket connections (started or not); more are refused with close code 1013."""
+    max_sessions: int = Field(default=4, ge=1, le=1000)
+    """Concurrent WebSocket connections (started or not); more are refused with close code 1013. The
+    default is what 2 cores serve with the cloud on the same machine (BENCHMARKS.md, load section)."""
     max_session_s: float = Field(default=3600.0, gt=0)
     """Longest a session may stay open, in seconds of wall time."""
     max_session_bytes: int = Field(default=512 * 1024 * 1024, gt=0)

@@ -42,6 +42,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from cloud_server.settings import CloudSettings
+from edge_agent.settings import EdgeSettings
 from speech_bench.load_report import (
     ADMITTED,
     OK,
@@ -773,7 +775,10 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--edge-config", choices=list(MODES), default="pasu", help="speech-bench's modes")
     edge.add_argument("--edge-model", help="EDGE_MODEL of the edge started here")
     edge.add_argument(
-        "--max-sessions", type=int, default=8, help="EDGE_MAX_SESSIONS (of a running edge: what it says)"
+        "--max-sessions",
+        type=int,
+        default=EdgeSettings.model_fields["max_sessions"].default,
+        help="EDGE_MAX_SESSIONS (of a running edge: what it says)",
     )
     edge.add_argument("--max-speech-s", type=float, default=15.0, help="skip longer utterances")
     edge.add_argument("--final-cap-s", type=float, default=15.0, help="no final this long after: a hang")
@@ -793,7 +798,10 @@ def _parser() -> argparse.ArgumentParser:
     cloud.add_argument("--utterance-s", type=float, default=5.0, help="audio per request")
     cloud.add_argument("--workers", type=int, default=1, help="CLOUD_WORKERS of the cloud started here")
     cloud.add_argument(
-        "--max-queue", type=int, default=8, help="CLOUD_MAX_QUEUE (of a running cloud: what it says)"
+        "--max-queue",
+        type=int,
+        default=CloudSettings.model_fields["max_queue"].default,
+        help="CLOUD_MAX_QUEUE (of a running cloud: what it says)",
     )
     cloud.add_argument("--request-timeout-s", type=float, default=60.0, help="client deadline per request")
     return p

@@ -20,7 +20,7 @@ from cloud_server.auth import bearer_ok
 from cloud_server.engine import RequestCancelledError
 from cloud_server.pool import OverloadedError
 from cloud_server.rest import formats
-from cloud_server.rest.errors import ApiError, error_response, install_error_handlers
+from cloud_server.rest.errors import ApiError, documented_errors, error_response, install_error_handlers
 from cloud_server.results import TranscribeOptions
 from cloud_server.runtime import CloudRuntime, ModelNotReadyError
 from cloud_server.settings import CloudSettings
@@ -91,18 +91,18 @@ def create_app(settings: CloudSettings | None = None, runtime: CloudRuntime | No
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", responses={503: {"description": "The model is still loading"}})
     async def ready() -> JSONResponse:
         """Readiness: the model is loaded."""
         if rt.ready:
             return JSONResponse({"status": "ready", "model": rt.model_name})
         return JSONResponse({"status": "loading", "model": rt.model_name}, status_code=503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=documented_errors(401))
     async def list_models() -> dict[str, Any]:
         created = int(time.time())
         ids = [rt.model_name, *_ALIASES]
@@ -113,7 +113,16 @@ def create_app(settings: CloudSettings | None = None, runtime: CloudRuntime | No
             ],
         }
 
-    @app.post("/v1/audio/transcriptions", response_model=None)
+    # The schema lists the statuses and bodies this route sends, so clients (and schemathesis, in
+    # tests/test_fuzz_cloud.py) can check answers against it: it listed only 200 and FastAPI's 422.
+    @app.post(
+        "/v1/audio/transcriptions",
+        response_model=None,
+        responses={
+            200: {"content": {media: {"schema": {"type": "string"}} for media in ("text/plain", "text/vtt")}},
+            **documented_errors(400, 401, 413, 415, 499, 503),
+        },
+    )
     async def transcriptions(
         request: Request,
         file: Annotated[UploadFile, File(description="Audio file: wav, flac, mp3, ogg, m4a, webm, ...")],

@@ -7,9 +7,38 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorBody(BaseModel):
+    """Every refusal's body; the routes declare it in the OpenAPI schema for the statuses they send."""
+
+    error: ErrorDetail
+
+
+_STATUS_MEANINGS = {
+    400: "Bad request: empty or undecodable audio, a bad field value, an unknown model",
+    401: "Missing or wrong API key (when CLOUD_API_KEY is set)",
+    413: "Upload above CLOUD_MAX_UPLOAD_MB",
+    415: "A file that is not audio by name or content type",
+    499: "The client closed the connection before the answer",
+    503: "Overloaded or the model is still loading; see Retry-After",
+}
+
+
+def documented_errors(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses`` entries for the error statuses a route sends."""
+    return {status: {"model": ErrorBody, "description": _STATUS_MEANINGS[status]} for status in statuses}
 
 
 class ApiError(Exception):
