@@ -67,7 +67,8 @@ from speech_bench.load_report import (
     summarize_edge,
 )
 from speech_bench.manifest import Utterance
-from speech_bench.streaming import FRAME_S, LEAD_S, StreamPlan, load_audio, plan_stream
+from speech_bench.services import status_mb
+from speech_bench.streaming import FRAME_S, LEAD_S, StreamPlan, load_audio, pcm16, plan_stream
 
 RATE = 16000
 """Everything is sent at 16 kHz, so one session can carry clips recorded at any rate."""
@@ -140,10 +141,6 @@ def fixed_length(
     return out
 
 
-def pcm16(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
-
-
 def wav_bytes(audio: np.ndarray, rate: int = RATE) -> bytes:
     import soundfile as sf
 
@@ -168,13 +165,8 @@ def cpu_seconds(pid: int) -> float | None:
 
 def rss_mb(pid: int) -> float | None:
     """Resident set size now (VmRSS), MB; None when the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
+    mb = status_mb(pid, "VmRSS")
+    return None if mb is None else round(mb, 1)
 
 
 class ProcessWatch:

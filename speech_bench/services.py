@@ -42,13 +42,19 @@ def wait_ready(
     raise SystemExit(f"{url} was not ready within {timeout:.0f} s")
 
 
-def peak_rss_mb(pid: int) -> float | None:
+def status_mb(pid: int, field: str) -> float | None:
+    """A memory field of /proc/PID/status (``VmHWM``: peak RSS, ``VmRSS``: RSS now), MB; None when
+    the process is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    match = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
     return int(match.group(1)) / 1024 if match else None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    return status_mb(pid, "VmHWM")
 
 
 def metric(text: str, name: str, labels: str = "") -> float:

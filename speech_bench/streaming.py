@@ -135,6 +135,11 @@ class StreamPlan:
         return self.speech_end // self.frame
 
 
+def pcm16(audio: np.ndarray) -> bytes:
+    """Float samples as PCM16 little-endian bytes (clipped to [-1, 1])."""
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
 def plan_stream(audio: np.ndarray, rate: int, utterance: Utterance) -> StreamPlan:
     frame = round(rate * FRAME_S)
     end = len(audio) if utterance.speech_end is None else round(utterance.speech_end * rate)
@@ -143,8 +148,7 @@ def plan_stream(audio: np.ndarray, rate: int, utterance: Utterance) -> StreamPla
     lead += -(lead + end) % frame
     start = lead + min(end - 1, round((utterance.speech_start or 0.0) * rate))
     samples = np.concatenate([np.zeros(lead, np.float32), audio[:end]])
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
-    return StreamPlan(pcm, rate, frame, lead, start, lead + end)
+    return StreamPlan(pcm16(samples), rate, frame, lead, start, lead + end)
 
 
 async def stream_utterance(

@@ -10,9 +10,27 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+RATE = 16000
+
 
 def pcm16(audio: np.ndarray) -> bytes:
     return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def with_silence(audio: np.ndarray, before: float = 0.6, after: float = 1.2) -> np.ndarray:
+    """``audio`` (16 kHz) between silences, as a speaker between pauses."""
+    return np.concatenate(
+        [np.zeros(int(before * RATE), np.float32), audio, np.zeros(int(after * RATE), np.float32)]
+    )
+
+
+def close_code(ws: ClientConnection, timeout: float = 10) -> int | None:
+    """Read until the server closes; the close code it sent (None: no close frame)."""
+    try:
+        while True:
+            ws.recv(timeout=timeout)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
 
 
 class EdgeClient:

@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from tests.edge_client import close_code
 from tests.servers import ThreadedEdge, edge_settings, wait_until
 
 pytestmark = pytest.mark.model
@@ -47,13 +47,6 @@ def _next(ws: ClientConnection, kind: str, timeout: float = 10) -> dict[str, Any
         event: dict[str, Any] = json.loads(ws.recv(timeout=timeout))
         if event["type"] == kind:
             return event
-
-
-def _close_code(ws: ClientConnection, timeout: float = 10) -> int | None:
-    with pytest.raises(ConnectionClosed) as info:
-        while True:
-            ws.recv(timeout=timeout)
-    return info.value.rcvd.code if info.value.rcvd else None
 
 
 def _connections(edge: ThreadedEdge) -> int:
@@ -97,7 +90,7 @@ def test_frames_of_any_size_over_the_limit_get_frame_too_large(
         event = _next(ws, "error")
         assert event["code"] == "frame_too_large"
         assert str(guarded.settings.max_frame_bytes) in event["message"]
-        assert _close_code(ws) == 1009
+        assert close_code(ws) == 1009
 
 
 def test_frames_past_the_servers_message_ceiling_close_with_1009(guarded: ThreadedEdge) -> None:
@@ -107,7 +100,7 @@ def test_frames_past_the_servers_message_ceiling_close_with_1009(guarded: Thread
         ws.send(START)
         _next(ws, "ready")
         ws.send(b"\x00" * (WS_MAX_MESSAGE + 2))
-        assert _close_code(ws) == 1009
+        assert close_code(ws) == 1009
 
 
 def test_the_limit_counts_connections_not_started_sessions(guarded: ThreadedEdge) -> None:
@@ -117,7 +110,7 @@ def test_the_limit_counts_connections_not_started_sessions(guarded: ThreadedEdge
         assert wait_until(lambda: _connections(guarded) == limit, timeout=10)
         with connect(guarded.url, open_timeout=10) as extra:
             assert _next(extra, "error")["code"] == "busy"
-            assert _close_code(extra) == 1013
+            assert close_code(extra) == 1013
         for ws in opened:  # the ones let in can all start
             ws.send(START)
             assert _next(ws, "ready")["type"] == "ready"
@@ -137,7 +130,7 @@ def test_idle_websocket_is_told_and_closed(edge_model: Any, tmp_path: Path) -> N
             event = _next(ws, "error", timeout=10)
             assert event["code"] == "idle_timeout"
             assert _next(ws, "end", timeout=10) == {"type": "end", "utterances": 0}
-            assert _close_code(ws) == 1008
+            assert close_code(ws) == 1008
     finally:
         edge.stop()
 
@@ -148,7 +141,7 @@ def test_a_connection_that_never_starts_is_told_and_closed(edge_model: Any, tmp_
         with connect(edge.url, open_timeout=10) as ws:
             event = _next(ws, "error", timeout=10)
             assert event["code"] == "start_timeout"
-            assert _close_code(ws) == 1008
+            assert close_code(ws) == 1008
         assert wait_until(lambda: _connections(edge) == 0, timeout=10)
     finally:
         edge.stop()

@@ -19,7 +19,7 @@ from websockets.sync.client import connect
 from edge_agent.escalation.queue import EscalationQueue
 from edge_agent.offramp import Reason
 from speech_bench.services import free_port, start_edge
-from tests.edge_client import EdgeClient, pcm16
+from tests.edge_client import EdgeClient, close_code, pcm16, with_silence
 from tests.servers import ThreadedCloud, ThreadedEdge, cloud_settings, edge_settings, wait_until
 from tests.speech import Clip, wer
 
@@ -27,12 +27,6 @@ pytestmark = pytest.mark.model
 _ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
 PATIENT_S = 60.0  # a cloud deadline no loaded machine misses
-
-
-def _with_silence(audio: np.ndarray, before: float = 0.6, after: float = 1.2) -> np.ndarray:
-    return np.concatenate(
-        [np.zeros(int(before * RATE), np.float32), audio, np.zeros(int(after * RATE), np.float32)]
-    )
 
 
 def _noisy(audio: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
@@ -68,7 +62,7 @@ def test_stream_real_speech_gives_finals_with_low_wer(edge: ThreadedEdge, long_c
     client = EdgeClient(edge.url)
     ready = client.start()
     assert ready["type"] == "ready" and ready["sample_rate"] == RATE
-    client.send_audio(pcm16(_with_silence(long_clip.samples())))
+    client.send_audio(pcm16(with_silence(long_clip.samples())))
     events = client.stop()
     finals = client.of("final")
     assert len(finals) >= 8  # ten clips separated by 1.2 s pauses
@@ -89,7 +83,7 @@ def test_stream_real_speech_gives_finals_with_low_wer(edge: ThreadedEdge, long_c
 
 def test_partials_arrive_before_the_utterance_ends(edge: ThreadedEdge, real_clips: list[Clip]) -> None:
     clip = next(c for c in real_clips if c.kind == "read" and c.duration > 5)
-    audio = _with_silence(clip.samples(), before=0.3, after=1.0)
+    audio = with_silence(clip.samples(), before=0.3, after=1.0)
     speech_end_s = 0.3 + clip.duration
     client = EdgeClient(edge.url)
     client.start()
@@ -110,7 +104,7 @@ def test_partials_arrive_before_the_utterance_ends(edge: ThreadedEdge, real_clip
 def test_resampled_input_rates(edge: ThreadedEdge, real_clips: list[Clip]) -> None:
     clip = next(c for c in real_clips if c.kind == "read")
     for rate, encoding in ((8000, "pcm_s16le"), (44100, "f32le")):
-        audio = soxr.resample(_with_silence(clip.samples()), RATE, rate).astype(np.float32)
+        audio = soxr.resample(with_silence(clip.samples()), RATE, rate).astype(np.float32)
         data = pcm16(audio) if encoding == "pcm_s16le" else audio.astype("<f4").tobytes()
         client = EdgeClient(edge.url)
         assert client.start(rate, encoding)["type"] == "ready"
@@ -124,7 +118,7 @@ def test_concurrent_clients(edge: ThreadedEdge, real_clips: list[Clip], tts_clip
     clients = [EdgeClient(edge.url) for _ in clips]
     for client in clients:
         client.start()
-    audios = [pcm16(_with_silence(c.samples())) for c in clips]
+    audios = [pcm16(with_silence(c.samples())) for c in clips]
     for offset in range(0, max(len(a) for a in audios), 3200):
         for client, audio in zip(clients, audios, strict=True):
             if offset < len(audio):
@@ -143,7 +137,7 @@ def test_escalates_noisy_speech_but_not_clean(edge: ThreadedEdge, tts_clips: lis
             audio = _noisy(clip.samples(), snr_db=-3.0, seed=i) if noisy else clip.samples()
             client = EdgeClient(edge.url)
             client.start()
-            client.send_audio(pcm16(_with_silence(audio)))
+            client.send_audio(pcm16(with_silence(audio)))
             events = client.stop()
             finals = [e for e in events if e["type"] == "final"]
             escalated = any(f["escalated"] for f in finals)
@@ -172,7 +166,7 @@ def test_cloud_killed_then_restarted_gives_corrections(
         client = EdgeClient(edge.url)
         client.start()
         clips = [c for c in real_clips if c.kind == "read"][:3]
-        client.send_audio(pcm16(_with_silence(clips[0].samples())))
+        client.send_audio(pcm16(with_silence(clips[0].samples())))
         first = client.wait_for("final", 1)[0]
         assert first["escalated"]
         if first["cloud_pending"]:
@@ -185,7 +179,7 @@ def test_cloud_killed_then_restarted_gives_corrections(
         assert httpx.get(f"{edge.http}/health").json()["queued_escalations"] == 0
         cloud.stop()  # the cloud dies mid-run
         for clip in clips[1:]:
-            client.send_audio(pcm16(_with_silence(clip.samples())))
+            client.send_audio(pcm16(with_silence(clip.samples())))
         finals = client.wait_for("final", 3, timeout=60)
         for final in finals[1:]:
             assert final["escalated"] and final["cloud_pending"] and final["source"] == "edge"
@@ -235,7 +229,7 @@ def test_edge_killed_keeps_queued_escalations(
         client = EdgeClient(f"ws://{edge.url.removeprefix('http://')}/v1/stream")
         client.start()
         for clip in clips:
-            client.send_audio(pcm16(_with_silence(clip.samples())))
+            client.send_audio(pcm16(with_silence(clip.samples())))
         finals = client.wait_for("final", 2, timeout=60)
         assert [f["cloud_pending"] for f in finals] == [True, True]
         assert wait_until(lambda: queued(edge) == 2, 10)
@@ -330,13 +324,6 @@ def test_bad_inputs_get_error_events(edge: ThreadedEdge) -> None:
     assert httpx.get(f"{edge.http}/health").json()["status"] == "ok"
 
 
-def _close_code(ws: Any) -> int | None:
-    with pytest.raises(ConnectionClosed) as info:
-        while True:
-            ws.recv(timeout=10)
-    return info.value.rcvd.code if info.value.rcvd else None
-
-
 def test_session_limits(edge_model: Any, tmp_path: Path) -> None:
     settings = edge_settings(tmp_path, None, max_sessions=1, max_session_bytes=64000, max_session_s=3.0)
     edge = ThreadedEdge(settings, edge_model).start()
@@ -352,13 +339,13 @@ def test_session_limits(edge_model: Any, tmp_path: Path) -> None:
         first.send_audio(b"\x00\x00" * 40000)
         first.wait_for("end", timeout=30)
         assert [e["code"] for e in first.of("error")] == ["session_limit"]
-        assert _close_code(first.ws) == 1008
+        assert close_code(first.ws) == 1008
         assert wait_until(lambda: httpx.get(f"{edge.http}/health").json()["connections"] == 0, 10)
         second = EdgeClient(edge.url)
         second.start()
         second.wait_for("end", timeout=30)
         assert [e["code"] for e in second.of("error")] == ["session_timeout"]
-        assert _close_code(second.ws) == 1008
+        assert close_code(second.ws) == 1008
     finally:
         edge.stop()
 
@@ -377,7 +364,7 @@ def test_health_and_metrics(edge: ThreadedEdge, real_clips: list[Clip], tts_clip
     client.start()
     client.ws.send(b"\x00\x00\x00")  # one bad_audio
     client.send_json({"type": "dance"})  # one unknown_type
-    audio = [_with_silence(c.samples(), 0.3, 1.0) for c in (real_clips[0], tts_clips[0])]
+    audio = [with_silence(c.samples(), 0.3, 1.0) for c in (real_clips[0], tts_clips[0])]
     client.send_audio(pcm16(np.concatenate(audio)))
     events = client.stop()
     finals = [e for e in events if e["type"] == "final"]
@@ -413,7 +400,7 @@ def test_early_escalation_streams_audio_before_end_of_speech(
         clip = next(c for c in real_clips if c.kind == "read" and c.duration > 5)
         client = EdgeClient(edge.url)
         client.start()
-        client.send_audio(pcm16(_with_silence(clip.samples(), 0.3, 1.0)), realtime_rate=2 * RATE * 2.0)
+        client.send_audio(pcm16(with_silence(clip.samples(), 0.3, 1.0)), realtime_rate=2 * RATE * 2.0)
         events = client.stop()
         finals = [e for e in events if e["type"] == "final"]
         assert len(finals) == 1
@@ -436,7 +423,7 @@ def test_stream_command_prints_finals(edge: ThreadedEdge, real_clips: list[Clip]
 
     clip = next(c for c in real_clips if c.kind == "read")
     path = tmp_path / "speech.wav"
-    sf.write(path, soxr.resample(_with_silence(clip.samples()), RATE, 22050), 22050)
+    sf.write(path, soxr.resample(with_silence(clip.samples()), RATE, 22050), 22050)
     script = Path(sys.executable).parent / "edge-agent"
     done = subprocess.run(
         [str(script), "stream", str(path), "--url", edge.url, "--speed", "0", "--json"],

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
 from speech_bench.services import free_port
-from tests.edge_client import EdgeClient, pcm16
+from tests.edge_client import EdgeClient, pcm16, with_silence
 from tests.fault_proxy import FaultProxy
 from tests.servers import ThreadedCloud, ThreadedEdge, cloud_settings, edge_settings, wait_until
 from tests.speech import Clip, wer
@@ -23,11 +22,6 @@ from tests.speech import Clip, wer
 pytestmark = pytest.mark.model
 RATE = 16000
 DEADLINE_S = 2.0
-
-
-def _utterance(clip: Clip) -> bytes:
-    silence = np.zeros(int(0.6 * RATE), np.float32)
-    return pcm16(np.concatenate([silence, clip.samples(), silence, silence]))
 
 
 @pytest.fixture()
@@ -59,12 +53,12 @@ def test_drops_refusals_cuts_and_a_slow_link(
         client.start()
         # 1. Every packet dropped: the cloud never hears the utterance; the edge answers at its deadline.
         proxy.set("blackhole")
-        client.send_audio(_utterance(clips[0]))
+        client.send_audio(pcm16(with_silence(clips[0].samples())))
         (dropped,) = client.wait_for("final", 1, timeout=60)
         # 2. Connections refused, and the one open cut: the call fails at once.
         proxy.set("refuse")
         proxy.cut()
-        client.send_audio(_utterance(clips[1]))
+        client.send_audio(pcm16(with_silence(clips[1].samples())))
         refused = client.wait_for("final", 2, timeout=60)[1]
         for final in (dropped, refused):
             assert final["escalated"] and final["cloud_pending"] and final["source"] == "edge"
@@ -89,7 +83,7 @@ def test_drops_refusals_cuts_and_a_slow_link(
             proxy.cut()
             cuts["done"] = True
 
-        audio = _utterance(clips[2])
+        audio = pcm16(with_silence(clips[2].samples()))
         half = len(audio) // 2 // 2 * 2
         client.send_audio(audio[:half], realtime_rate=RATE * 2)
         cut_midway()

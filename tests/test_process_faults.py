@@ -15,16 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
 from speech_bench.services import free_port, wait_ready
-from tests.edge_client import EdgeClient, pcm16
+from tests.edge_client import EdgeClient, pcm16, with_silence
 from tests.servers import ThreadedEdge, edge_settings, wait_until
 from tests.speech import Clip, wer
 
 pytestmark = pytest.mark.model
-RATE = 16000
 DEADLINE_S = 2.0
 CLOUD = Path(sys.executable).parent / "cloud-server"
 
@@ -79,11 +77,6 @@ def cloud_process(model_cache: str, tmp_path: Path) -> Iterator[CloudProcess]:
     cloud.stop()
 
 
-def _utterance(clip: Clip) -> bytes:
-    silence = np.zeros(int(0.6 * RATE), np.float32)
-    return pcm16(np.concatenate([silence, clip.samples(), silence, silence]))
-
-
 def test_cloud_frozen_then_killed_and_restarted(
     edge_model: Any, cloud_process: CloudProcess, tmp_path: Path, real_clips: list[Clip]
 ) -> None:
@@ -102,7 +95,7 @@ def test_cloud_frozen_then_killed_and_restarted(
         client.start()
         # Frozen: the connection is up, nothing answers; the edge answers at its deadline.
         cloud_process.signal(signal.SIGSTOP)
-        client.send_audio(_utterance(clips[0]))
+        client.send_audio(pcm16(with_silence(clips[0].samples())))
         (frozen,) = client.wait_for("final", 1, timeout=60)
         assert frozen["escalated"] and frozen["cloud_pending"] and frozen["source"] == "edge"
         cloud_process.signal(signal.SIGCONT)
@@ -116,7 +109,7 @@ def test_cloud_frozen_then_killed_and_restarted(
         cloud_process.signal(signal.SIGKILL)
         assert cloud_process.proc is not None
         cloud_process.proc.wait(10)
-        client.send_audio(_utterance(clips[1]))
+        client.send_audio(pcm16(with_silence(clips[1].samples())))
         killed = client.wait_for("final", 2, timeout=60)[1]
         assert killed["escalated"] and killed["cloud_pending"] and killed["source"] == "edge"
         assert queued() == 1
