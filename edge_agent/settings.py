@@ -42,6 +42,9 @@ class EdgeSettings(BaseSettings):
     1008 (long enough for a push-to-talk client between utterances, or one waiting for corrections)."""
     send_timeout_s: float = Field(default=10.0, gt=0)
     """A client that has not taken one event off the socket for this long is not reading: it is closed."""
+    ping_interval_s: float = Field(default=20.0, gt=0)
+    """The server pings each WebSocket this often; a peer that has not answered (pong) the ping within
+    the same time is gone (a cut network, a frozen client) and is closed with 1011."""
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     """On SIGTERM, connections get this long to finish before their tasks are cancelled."""
     session_queue_frames: int = Field(default=64, ge=1)

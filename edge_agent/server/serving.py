@@ -73,6 +73,9 @@ def server_config(
         # busy, at most this many wait in the WebSocket layer before it stops reading the socket and
         # TCP flow control holds the client back.
         ws_max_queue=settings.session_queue_frames,
+        # Keepalive: a peer that stops answering pings (gone without a FIN) is closed, not held forever.
+        ws_ping_interval=settings.ping_interval_s,
+        ws_ping_timeout=settings.ping_interval_s,
         # A connection stuck past this (a client that never reads) must not hold up a SIGTERM.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
     )
