@@ -20,6 +20,16 @@ def partial(utterance_id: str, text: str, start: float, audio_end: float) -> dic
     return {"type": "partial", "utterance_id": utterance_id, "text": text, "start": start, "end": audio_end}
 
 
+def speech_started(utterance_id: str, start: float) -> dict[str, Any]:
+    """The VAD heard speech begin (only for sessions that ask for VAD events); ``start`` in seconds."""
+    return {"type": "speech_started", "utterance_id": utterance_id, "start": round(start, 3)}
+
+
+def speech_stopped(utterance_id: str, end: float, reason: str) -> dict[str, Any]:
+    """The utterance ended (silence, length cap, commit or stream end); its final follows."""
+    return {"type": "speech_stopped", "utterance_id": utterance_id, "end": round(end, 3), "reason": reason}
+
+
 def error(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
 

@@ -80,12 +80,25 @@ class Utterance:
     cloud_ahead: asyncio.Task[CloudResult] | None = None
     """A speculative escalation: the cloud asked at the speculative final, for ``speculative_end``."""
     started_at: float = field(default_factory=time.monotonic)
+    dropped: bool = False
+    """Cleared by the client: nothing more is said about it."""
 
 
 class Session:
     def __init__(
-        self, rec: Recognizer, sample_rate: int, encoding: str, session_id: str | None = None
+        self,
+        rec: Recognizer,
+        sample_rate: int,
+        encoding: str,
+        session_id: str | None = None,
+        *,
+        turn_detection: bool = True,
+        vad_events: bool = False,
+        min_silence_ms: int | None = None,
     ) -> None:
+        """``turn_detection=False``: silence never ends an utterance, only :meth:`commit` (or the length
+        cap) does. ``vad_events``: also emit ``speech_started`` / ``speech_stopped`` events.
+        ``min_silence_ms``: this session's end-of-utterance silence instead of the setting's."""
         self.rec = rec
         self.id = session_id or uuid.uuid4().hex[:12]
         self.sample_rate = check_rate(sample_rate)
@@ -93,12 +106,14 @@ class Session:
         self.encoding = encoding
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         s = rec.settings
+        silence_ms = min_silence_ms if min_silence_ms is not None else s.min_silence_ms
         self._resampler = StreamResampler(self.sample_rate, RATE)
         self._vad = rec.vad.create_stream()
         self._endpointer = Endpointer(
             EndpointConfig(
                 threshold=s.vad_threshold,
-                min_silence_ms=s.min_silence_ms,
+                # Without turn detection a pause never ends the utterance: the length cap does first.
+                min_silence_ms=silence_ms if turn_detection else int(1000 * s.max_utterance_s) + 1000,
                 min_speech_ms=s.min_speech_ms,
                 max_utterance_s=s.max_utterance_s,
                 pre_roll_ms=s.pre_roll_ms,
@@ -106,8 +121,9 @@ class Session:
         )
         self._pad = self._endpointer.config.end_pad_samples
         self._adaptive: AdaptiveEndpointConfig | None = None
-        if s.adaptive_endpoint and s.speculative:
-            base = s.min_silence_ms
+        self._vad_events = vad_events
+        if s.adaptive_endpoint and s.speculative and turn_detection:
+            base = silence_ms
             self._adaptive = AdaptiveEndpointConfig(
                 base_ms=base,
                 fast_ms=min(s.endpoint_fast_ms, base),
@@ -170,6 +186,28 @@ class Session:
             await asyncio.gather(*self._finals, return_exceptions=True)
         return self._count
 
+    def commit(self) -> str | None:
+        """End the open utterance here (reason ``"commit"``), as a client's commit asks; its final follows
+        as usual. Returns its id, or None when no speech is open (nothing to commit)."""
+        utt = self._utt
+        for event in self._endpointer.flush("commit"):
+            self._on_endpoint(event)
+        return utt.id if utt is not None else None
+
+    def clear(self) -> str | None:
+        """Drop the open utterance without a final, as a client's clear asks. Returns its id, if any."""
+        utt, self._utt = self._utt, None
+        self._endpointer.flush()
+        if utt is None:
+            return None
+        utt.dropped = True
+        for pending in (utt.speculative, utt.cloud_ahead):
+            if pending is not None:
+                pending.cancel()
+        if utt.early is not None:
+            utt.early.cancel()
+        return utt.id
+
     async def close(self) -> None:
         self.closed = True
         for task in self._finals:
@@ -191,6 +229,8 @@ class Session:
             )
             self._feed(self._utt)  # the pre-roll and the speech so far
             self.rec.metrics.utterances.inc()
+            if self._vad_events:
+                self._emit(events.speech_started(self._utt.id, event.start_sample / RATE))
         elif isinstance(event, SilenceBegan) and self._utt is not None:
             self._utt.silence_at = event.at_sample
         elif isinstance(event, SpeechResumed) and self._utt is not None:
@@ -205,6 +245,8 @@ class Session:
                 self._utt.speculative = None
         elif isinstance(event, SpeechEnd) and self._utt is not None:
             utt, self._utt = self._utt, None
+            if self._vad_events:
+                self._emit(events.speech_stopped(utt.id, event.end_sample / RATE, event.reason))
             self._finalize(utt, event.end_sample, event.reason)
 
     def _after_audio(self) -> None:
@@ -308,7 +350,7 @@ class Session:
 
     def _on_pilot(self, utt: Utterance, future: asyncio.Future[Decoded | None]) -> None:
         self._pilot_pending = False
-        if future.cancelled() or self.closed:
+        if future.cancelled() or self.closed or utt.dropped:
             return
         if future.exception() is not None:
             log.error("pilot failed for %s", utt.id, exc_info=future.exception())

@@ -45,7 +45,7 @@ import enum
 from dataclasses import dataclass
 from typing import Literal
 
-EndReason = Literal["silence", "max_length", "stream_end"]
+EndReason = Literal["silence", "max_length", "stream_end", "commit"]
 
 
 @dataclass(frozen=True)
@@ -247,12 +247,13 @@ class Endpointer:
             return self._pause_silence
         return self.config.min_silence_samples
 
-    def flush(self) -> list[EndpointEvent]:
-        """End of stream: close an open utterance (reason ``"stream_end"``), drop an unconfirmed burst."""
+    def flush(self, reason: EndReason = "stream_end") -> list[EndpointEvent]:
+        """End of stream (or a client's commit): close an open utterance with ``reason``, drop an
+        unconfirmed burst. Windows pushed afterwards start from idle."""
         if self._state is _State.SPEECH:
-            return [self._end(self._position, "stream_end")]
+            return [self._end(self._position, reason)]
         if self._state is _State.SILENCE:
-            return [self._end(self._silence_end(), "stream_end")]
+            return [self._end(self._silence_end(), reason)]
         self._state = _State.IDLE  # an unconfirmed burst or a continuation that never came
         return []
 

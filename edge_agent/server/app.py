@@ -20,6 +20,7 @@ from starlette.websockets import WebSocketState
 from edge_agent import __version__, events
 from edge_agent.audio.convert import AudioFormatError
 from edge_agent.recognizer import Recognizer
+from edge_agent.server import page
 from edge_agent.session import Session
 from edge_agent.settings import EdgeSettings
 
@@ -61,6 +62,7 @@ def create_app(settings: EdgeSettings | None = None, recognizer: Recognizer | No
                 await state["rec"].stop()
 
     app = FastAPI(title="edge-cloud-asr edge agent", version=__version__, lifespan=lifespan)
+    app.include_router(page.router)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -87,25 +89,36 @@ def create_app(settings: EdgeSettings | None = None, recognizer: Recognizer | No
             return Response("loading\n", status_code=503)
         return Response(generate_latest(rec.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.websocket("/v1/stream")
-    async def stream(ws: WebSocket) -> None:
+    async def serve(ws: WebSocket, connection: type[StreamConnection]) -> None:
+        """Admit a WebSocket client (token, model loaded, connection limit), then serve it."""
         rec = state.get("rec")
         await ws.accept()
         if not _token_ok(ws, settings):
-            await _refuse(ws, "unauthorized", "missing or invalid token", POLICY)
+            await _refuse(ws, connection, "unauthorized", "missing or invalid token", POLICY)
             return
         if rec is None:
-            await _refuse(ws, "loading", "the model is still loading", TRY_AGAIN)
+            await _refuse(ws, connection, "loading", "the model is still loading", TRY_AGAIN)
             return
         if connections[0] >= settings.max_sessions:
             rec.metrics.errors.labels("busy").inc()
-            await _refuse(ws, "busy", f"too many sessions (limit {settings.max_sessions})", TRY_AGAIN)
+            limit = f"too many sessions (limit {settings.max_sessions})"
+            await _refuse(ws, connection, "busy", limit, TRY_AGAIN)
             return
         connections[0] += 1
         try:
-            await StreamConnection(ws, rec, settings).run()
+            await connection(ws, rec, settings).run()
         finally:
             connections[0] -= 1
+
+    @app.websocket("/v1/stream")
+    async def stream(ws: WebSocket) -> None:
+        await serve(ws, StreamConnection)
+
+    @app.websocket("/v1/realtime")
+    async def realtime(ws: WebSocket) -> None:
+        from edge_agent.server.realtime import RealtimeConnection
+
+        await serve(ws, RealtimeConnection)
 
     return app
 
@@ -127,9 +140,11 @@ def quote(value: object) -> str:
     return text if len(text) <= _QUOTE_CHARS else text[: _QUOTE_CHARS - 3] + "..."
 
 
-async def _refuse(ws: WebSocket, code: str, message: str, close_code: int) -> None:
+async def _refuse(
+    ws: WebSocket, connection: type[StreamConnection], code: str, message: str, close_code: int
+) -> None:
     with contextlib.suppress(Exception):
-        await ws.send_json(events.error(code, message))
+        await ws.send_json(connection.error_event(code, message))
         await ws.close(close_code, message[:120])
 
 
@@ -148,6 +163,12 @@ class StreamConnection:
         self._pump_task: asyncio.Task[None] | None = None
         self._receiver: asyncio.Task[None] | None = None
         self._close_args = (NORMAL, "bye")
+        self.max_text_chars = settings.max_frame_bytes
+
+    @staticmethod
+    def error_event(code: str, message: str) -> dict[str, Any]:
+        """The protocol's error event (a subclass speaking another protocol shapes its own)."""
+        return events.error(code, message)
 
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop(), name="ws-send")
@@ -201,24 +222,32 @@ class StreamConnection:
                 await self._on_text(message["text"])
 
     async def _on_text(self, text: str) -> None:
-        if len(text) > self.settings.max_frame_bytes:
+        msg = await self._parse(text)
+        if msg is not None:
+            await self._dispatch(msg)
+
+    async def _parse(self, text: str) -> dict[str, Any] | None:
+        """A client's text frame as a JSON object with a string ``type``; None (the client told) if not."""
+        if len(text) > self.max_text_chars:
             self._error(
-                "frame_too_large",
-                f"text frame of {len(text)} characters; limit {self.settings.max_frame_bytes}",
+                "frame_too_large", f"text frame of {len(text)} characters; limit {self.max_text_chars}"
             )
             await self._finish_and_close(TOO_BIG, "frame too large")
-            return
+            return None
         try:
             msg = json.loads(text)
         except json.JSONDecodeError as exc:
             self._error("bad_json", f"text frames must be JSON: {exc.msg}")
-            return
+            return None
         except RecursionError:
             self._error("bad_json", "text frames must be JSON of reasonable depth: too deeply nested")
-            return
+            return None
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             self._error("bad_message", 'messages are JSON objects with a "type"')
-            return
+            return None
+        return msg
+
+    async def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
         if kind == "start":
             self._start(msg)
@@ -299,7 +328,7 @@ class StreamConnection:
         self.rec.metrics.errors.labels(code).inc()
         if len(message) > _MESSAGE_CHARS:
             message = message[: _MESSAGE_CHARS - 3] + "..."
-        self._put(events.error(code, message))
+        self._put(self.error_event(code, message))
 
     def _put(self, event: dict[str, Any]) -> None:
         try:
