@@ -193,16 +193,22 @@ def test_bad_events_get_the_apis_errors_and_the_session_goes_on(
         assert wer([tts_clips[1].text], [completed.transcript]) <= 0.15
 
 
-def test_binary_frames_and_g711_audio(edge: ThreadedEdge, tts_clips: list[Clip]) -> None:
+def test_binary_frames_and_g711_audio_in_the_beta_dialect(edge: ThreadedEdge, tts_clips: list[Clip]) -> None:
     clip = tts_clips[2]
     with connect(f"ws://127.0.0.1:{edge.port}/v1/realtime", open_timeout=10) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
         ws.send(b"\x00\x01")
         error = json.loads(ws.recv(timeout=10))
         assert (error["type"], error["error"]["code"]) == ("error", "invalid_binary")
-        update = _transcription_session(format={"type": "audio/pcmu"}, turn_detection=None)
-        ws.send(json.dumps({"type": "session.update", "session": update}))
-        assert json.loads(ws.recv(timeout=10))["type"] == "session.updated"
+        # The beta API's dialect, as older Realtime clients speak it.
+        update = {"input_audio_format": "g711_ulaw", "turn_detection": None}
+        ws.send(json.dumps({"type": "transcription_session.update", "session": update}))
+        updated = json.loads(ws.recv(timeout=10))
+        assert updated["type"] == "transcription_session.updated"
+        assert (updated["session"]["input_audio_format"], updated["session"]["turn_detection"]) == (
+            "g711_ulaw",
+            None,
+        )
         ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": _ulaw_b64(clip.samples())}))
         ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         while (event := json.loads(ws.recv(timeout=120)))["type"] != COMPLETED:

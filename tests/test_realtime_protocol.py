@@ -81,6 +81,28 @@ def test_bad_updates_name_the_field(session: object, param: str) -> None:
     assert caught.value.param == param
 
 
+def test_the_beta_dialect_maps_onto_the_same_configuration() -> None:
+    config = rp.apply_beta_update(
+        rp.TranscriptionConfig(),
+        {
+            "input_audio_format": "g711_alaw",
+            "input_audio_transcription": {"model": "whisper-1", "prompt": "Okonkwo"},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 700},
+        },
+    )
+    assert (config.format, config.silence_ms, config.hotwords, config.model) == (
+        "audio/pcma",
+        700,
+        ("Okonkwo",),
+        "whisper-1",
+    )
+    shown = rp.beta_session(config, 500, 0.5)
+    assert (shown["input_audio_format"], shown["turn_detection"]["silence_duration_ms"]) == ("g711_alaw", 700)
+    with pytest.raises(rp.ConfigError) as caught:
+        rp.apply_beta_update(config, {"input_audio_format": "opus"})
+    assert caught.value.param == "session.input_audio_format"
+
+
 def test_g711_decodes_to_the_standard_values() -> None:
     ulaw = np.frombuffer(rp.g711_to_pcm16(bytes([0xFF, 0x7F, 0x00, 0x80, 0xFE, 0xEF]), "audio/pcmu"), "<i2")
     assert ulaw.tolist() == [0, 0, -32124, 32124, 8, 132]

@@ -74,6 +74,8 @@ class RealtimeConnection(StreamConnection):
         self._client_event = client_id if isinstance(client_id, str) else None
         if kind == "session.update":
             self._update(msg.get("session"))
+        elif kind == "transcription_session.update":  # the beta API's name and shape
+            self._update(msg.get("session"), beta=True)
         elif kind == "input_audio_buffer.append":
             await self._append(msg.get("audio"))
         elif kind == "input_audio_buffer.commit":
@@ -85,18 +87,25 @@ class RealtimeConnection(StreamConnection):
         else:
             self._fail(
                 "invalid_value",
-                f"Invalid value for 'type': {quote(kind)}. This server accepts session.update, "
-                "input_audio_buffer.append, input_audio_buffer.commit and input_audio_buffer.clear.",
+                f"Invalid value for 'type': {quote(kind)}. This server accepts session.update (or the beta "
+                "transcription_session.update), input_audio_buffer.append, input_audio_buffer.commit and "
+                "input_audio_buffer.clear.",
                 "type",
             )
 
-    def _update(self, session: object) -> None:
+    def _update(self, session: object, beta: bool = False) -> None:
         try:
-            self.config = rp.apply_update(self.config, session)
+            self.config = (rp.apply_beta_update if beta else rp.apply_update)(self.config, session)
         except rp.ConfigError as exc:
             self._fail("invalid_value", str(exc), exc.param)
             return
-        self._send({"type": "session.updated", "session": self._session_object()})
+        if beta:
+            shown = rp.beta_session(
+                self.config, self.rec.settings.min_silence_ms, self.rec.settings.vad_threshold
+            )
+            self._send({"type": "transcription_session.updated", "session": shown})
+        else:
+            self._send({"type": "session.updated", "session": self._session_object()})
 
     async def _append(self, audio: object) -> None:
         if not isinstance(audio, str):

@@ -149,8 +149,52 @@ def apply_update(config: TranscriptionConfig, session: object) -> TranscriptionC
     return replace(config, **changes)
 
 
-def _turn_detection(turn: object) -> dict[str, Any]:
-    param = "session.audio.input.turn_detection"
+_BETA_FORMATS = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
+
+
+def apply_beta_update(config: TranscriptionConfig, session: object) -> TranscriptionConfig:
+    """The beta API's ``transcription_session.update`` (``input_audio_format``, ``input_audio_transcription``,
+    ``turn_detection`` at the top of ``session``), mapped onto the same configuration."""
+    s = _obj(session, "session")
+    changes: dict[str, Any] = {}
+    if "input_audio_format" in s:
+        fmt = s["input_audio_format"]
+        if fmt not in _BETA_FORMATS:
+            raise ConfigError(
+                f"Invalid value for 'session.input_audio_format': {str(fmt)[:40]!r}. Supported values are: "
+                "'pcm16', 'g711_ulaw', 'g711_alaw'.",
+                "session.input_audio_format",
+            )
+        changes["format"] = _BETA_FORMATS[fmt]
+    if "turn_detection" in s:
+        changes.update(_turn_detection(s["turn_detection"], "session.turn_detection"))
+    if "input_audio_transcription" in s:
+        changes.update(_transcription(s["input_audio_transcription"], "session.input_audio_transcription"))
+    if "include" in s:
+        include = s["include"]
+        if not isinstance(include, list) or not all(isinstance(i, str) for i in include):
+            raise ConfigError(
+                "Invalid type for 'session.include': expected an array of strings.", "session.include"
+            )
+        changes["include_logprobs"] = "item.input_audio_transcription.logprobs" in include
+    return replace(config, **changes)
+
+
+def beta_session(config: TranscriptionConfig, default_silence_ms: int, threshold: float) -> dict[str, Any]:
+    """The beta API's ``transcription_session.updated`` session object."""
+    ga = config.session(default_silence_ms, threshold)["audio"]["input"]
+    beta_format = {v: k for k, v in _BETA_FORMATS.items()}[config.format]
+    return {
+        "object": "realtime.transcription_session",
+        "input_audio_format": beta_format,
+        "input_audio_transcription": ga["transcription"],
+        "turn_detection": ga["turn_detection"],
+        "input_audio_noise_reduction": None,
+        "include": ["item.input_audio_transcription.logprobs"] if config.include_logprobs else [],
+    }
+
+
+def _turn_detection(turn: object, param: str = "session.audio.input.turn_detection") -> dict[str, Any]:
     if turn is None:
         return {"turn_detection": False, "semantic": False, "silence_ms": None}
     t = _obj(turn, param)
@@ -172,8 +216,7 @@ def _turn_detection(turn: object) -> dict[str, Any]:
     return {"turn_detection": True, "semantic": kind == "semantic_vad", "silence_ms": silence}
 
 
-def _transcription(transcription: object) -> dict[str, Any]:
-    param = "session.audio.input.transcription"
+def _transcription(transcription: object, param: str = "session.audio.input.transcription") -> dict[str, Any]:
     t = _obj(transcription, param)
     changes: dict[str, Any] = {}
     if "model" in t:
