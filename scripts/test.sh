@@ -4,9 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 # Debian tools the tests use: TTS voices for synthetic speech, docker-compose (1.29) to validate
-# docker-compose.yml offline, systemd-analyze to verify the unit file.
-debs="flite espeak-ng docker-compose systemd"
-tools="flite espeak-ng docker-compose systemd-analyze"
+# docker-compose.yml offline, systemd-analyze to verify the unit file, chromium for the browser page's test
+# (driven by Playwright, which is told to use this browser and downloads none).
+debs="flite espeak-ng docker-compose systemd chromium"
+tools="flite espeak-ng docker-compose systemd-analyze chromium"
 missing=0
 for tool in $tools; do command -v "$tool" >/dev/null || missing=1; done
 if [ "$missing" -eq 1 ]; then
