@@ -33,6 +33,9 @@ class ThreadedCloud:
         return self
 
     def stop(self) -> None:
+        """Stop the server and its loop; a second call (a test's ``finally`` after a kill) does nothing."""
+        if not self._loop.is_running():
+            return
         try:
             self.call(self.server.stop(), timeout=60)
         finally:
