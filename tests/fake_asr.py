@@ -80,9 +80,8 @@ class FakeModel:
             punctuation=self.punctuation,
         )
 
-    def create_stream(self, hotwords: Sequence[str] = ()) -> FakeStream:
+    def create_stream(self) -> FakeStream:
         stream = FakeStream(self, len(self.streams) + 1)
-        stream.hotwords = tuple(hotwords)
         self.streams.append(stream)
         return stream
 
@@ -99,8 +98,6 @@ class FakeStream:
         self._size = 0
         self._consumed = 0
         self._last: Decoded | None = None
-        self.hotwords: tuple[str, ...] = ()
-        """The phrases the stream was created with."""
 
     @property
     def samples(self) -> int:

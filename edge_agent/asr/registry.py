@@ -48,16 +48,13 @@ def _load_moonshine(spec: ModelSpec, settings: EdgeSettings) -> AsrModel:
         Path(settings.model_cache_dir),
         settings.intra_op_threads,
         settings.max_chunk_s,
-        settings.hotword_bonus,
     )
 
 
 def _load_conformer(spec: ModelSpec, settings: EdgeSettings) -> AsrModel:
     from edge_agent.asr.conformer.stream import load_conformer
 
-    return load_conformer(
-        spec.path, settings.intra_op_threads, settings.conformer_head, settings.hotword_bonus
-    )
+    return load_conformer(spec.path, settings.intra_op_threads, settings.conformer_head)
 
 
 FAMILIES: dict[str, Family] = {
