@@ -3,6 +3,10 @@ teacher-forced scoring of candidate texts (the second pass).
 
 One ``WhisperEngine`` is shared by every request (it holds no per-request state);
 calls are blocking and run on the inference pool's threads.
+
+Hotwords (names, product words, jargon) bias Whisper the way it can be biased: they are its prompt
+(faster-whisper's ``hotwords``: after ``<|startofprev|>``, before any previous text), in every 30 s
+window, and the second pass scores candidates under the same prompt.
 """
 
 from __future__ import annotations
@@ -237,7 +241,9 @@ class WhisperEngine:
             # One window: its encoder output serves language detection too.
             _check(cancelled)
             encoder_output, num_frames = self._encode(audio)
-            language, language_probability = self._language_of(encoder_output, options.language)
+            language, language_probability = self._language_of(
+                encoder_output, options.language, options.languages
+            )
             tokenizer = self._tokenizer(language)
             pilot_tokens = self._pilot_tokens(pilot, language, options)
             hyps, reused = self._decode_encoded(
@@ -246,7 +252,9 @@ class WhisperEngine:
             per_window.append((duration, hyps))
         else:
             windows = self._windows(audio)
-            language, language_probability = self._language(audio, windows, options.language)
+            language, language_probability = self._language(
+                audio, windows, options.language, options.languages
+            )
             tokenizer = self._tokenizer(language)
             for start, end in windows:
                 _check(cancelled)
@@ -280,7 +288,7 @@ class WhisperEngine:
         _check(cancelled)
         encoder_output, _ = self._encode(audio)
         _check(cancelled)
-        language, _ = self._language_of(encoder_output, options.language)
+        language, _ = self._language_of(encoder_output, options.language, options.languages)
         tokenizer = self._tokenizer(language)
         _check(cancelled)
         result = self._model.model.generate(
@@ -303,14 +311,17 @@ class WhisperEngine:
             prompt=options.prompt,
             samples=len(audio),
             processing_seconds=time.perf_counter() - started,
+            hotwords=options.hotwords,
         )
 
     def _pilot_tokens(
         self, pilot: PilotHypothesis | None, language: str, options: RecognizeOptions
     ) -> tuple[int, ...]:
         """The pilot's tokens when a final may start from them: decoded in the same language with the
-        same prompt (the tokens are verified against this audio either way)."""
+        same prompt and hotwords (the tokens are verified against this audio either way)."""
         if pilot is None or pilot.language != language or pilot.prompt != options.prompt:
+            return ()
+        if pilot.hotwords != options.hotwords:
             return ()
         return pilot.tokens[: self._max_scored_tokens]
 
@@ -329,27 +340,32 @@ class WhisperEngine:
         return [(s, e) for s, e in windows]
 
     def _language_of(
-        self, encoder_output: ctranslate2.StorageView, requested: str | None
+        self, encoder_output: ctranslate2.StorageView, requested: str | None, allowed: Sequence[str] = ()
     ) -> tuple[str, float]:
         """The language of one encoded window: what faster-whisper's ``detect_language`` finds for the
-        same audio (it encodes it again), from the encoder output already at hand."""
+        same audio (it encodes it again), from the encoder output already at hand; among ``allowed``
+        when given."""
         if not self.multilingual:
             return "en", 1.0
         if requested:
             return requested, 1.0
-        token, probability = self._model.model.detect_language(encoder_output)[0][0]
-        return str(token)[2:-2], float(probability)
+        scores = self._model.model.detect_language(encoder_output)[0]
+        return pick_language([(str(token)[2:-2], float(p)) for token, p in scores], allowed)
 
     def _language(
-        self, audio: np.ndarray, windows: list[tuple[int, int]], requested: str | None
+        self,
+        audio: np.ndarray,
+        windows: list[tuple[int, int]],
+        requested: str | None,
+        allowed: Sequence[str] = (),
     ) -> tuple[str, float]:
         if not self.multilingual:
             return "en", 1.0
         if requested:
             return requested, 1.0
         first = audio[windows[0][0] : windows[0][1]] if windows else audio
-        language, probability, _ = self._model.detect_language(audio=first)
-        return str(language), float(probability)
+        _, _, scores = self._model.detect_language(audio=first)
+        return pick_language([(str(code), float(p)) for code, p in scores], allowed)
 
     def _decode_window(
         self,
@@ -410,7 +426,11 @@ class WhisperEngine:
 
     def _prompt(self, tokenizer: Tokenizer, options: RecognizeOptions) -> list[int]:
         previous = tokenizer.encode(" " + options.prompt.strip()) if options.prompt else []
-        return list(self._model.get_prompt(tokenizer, previous, without_timestamps=True))
+        return list(
+            self._model.get_prompt(
+                tokenizer, previous, without_timestamps=True, hotwords=hotword_text(options.hotwords)
+            )
+        )
 
     def _generate(
         self,
@@ -513,7 +533,9 @@ class WhisperEngine:
 
     # -- second pass: scoring candidate texts ------------------------------------------------
 
-    def score(self, audio: np.ndarray, texts: Sequence[str], language: str = "en") -> list[TextScore]:
+    def score(
+        self, audio: np.ndarray, texts: Sequence[str], language: str = "en", hotwords: Sequence[str] = ()
+    ) -> list[TextScore]:
         """Teacher-forced log-likelihood of each candidate text under Whisper given the audio.
 
         One encoder pass; then each candidate is forced token by token as the decoder's prefix
@@ -542,7 +564,7 @@ class WhisperEngine:
         if not texts:
             return []
         encoder_output, _ = self._encode(audio)
-        return self._score_encoded(encoder_output, tokenizer, texts, token_lists)
+        return self._score_encoded(encoder_output, tokenizer, texts, token_lists, hotwords)
 
     @property
     def _max_scored_tokens(self) -> int:
@@ -564,8 +586,13 @@ class WhisperEngine:
         tokenizer: Tokenizer,
         texts: Sequence[str],
         token_lists: Sequence[tuple[int, ...]],
+        hotwords: Sequence[str] = (),
     ) -> list[TextScore]:
-        prompt = self._model.get_prompt(tokenizer, [], without_timestamps=True)
+        # Under the prompt the candidates were decoded with: a hotword an edge text spells right is
+        # as likely to Whisper as in its own hypotheses.
+        prompt = self._model.get_prompt(
+            tokenizer, [], without_timestamps=True, hotwords=hotword_text(hotwords)
+        )
         encoded = np.asarray(encoder_output)
         sums: dict[tuple[int, ...], float] = {}
         distinct = sorted(set(token_lists), key=len)
@@ -644,7 +671,9 @@ class WhisperEngine:
         started = time.perf_counter()
         cancelled = cancelled or threading.Event()
         encoder_output, num_frames = self._encode(audio)
-        language, language_probability = self._language_of(encoder_output, options.language)
+        language, language_probability = self._language_of(
+            encoder_output, options.language, options.languages
+        )
         tokenizer = self._tokenizer(language)
         wide = replace(options, n_best=max(options.n_best, SECOND_PASS_CLOUD_N_BEST), word_timestamps=False)
         pilot_tokens = self._pilot_tokens(pilot, language, options)
@@ -658,9 +687,8 @@ class WhisperEngine:
         # Every candidate is scored, the cloud's too: the canonical tokens of its text, teacher-forced
         # (as the weights were fitted; int8 beam search's own scores are ~1e-2 per token off).
         token_lists = [tokens.get(t) or self._tokens(tokenizer, t) for t in texts]
-        scores = dict(
-            zip(texts, self._score_encoded(encoder_output, tokenizer, texts, token_lists), strict=True)
-        )
+        scored = self._score_encoded(encoder_output, tokenizer, texts, token_lists, options.hotwords)
+        scores = dict(zip(texts, scored, strict=True))
         features = candidate_features([h.text for h in cloud], usable, scores)
         ranked = sorted(features, key=weights.combine, reverse=True)  # stable: ties keep the cloud first
         no_speech = cloud[0].no_speech_prob if cloud else 0.0
@@ -693,6 +721,17 @@ class WhisperEngine:
 
     # -- timed transcripts (REST) ------------------------------------------------------
 
+    def _prompt_tail(self, prompt: str | None) -> str | None:
+        """The end of a prompt that fits Whisper's context (223 tokens), as OpenAI's API keeps it;
+        faster-whisper would keep the start of an over-long hotword text."""
+        if not prompt or not prompt.strip():
+            return None
+        keep = int(self._model.max_length) // 2 - 1
+        ids = self._model.hf_tokenizer.encode(" " + prompt.strip(), add_special_tokens=False).ids
+        if len(ids) <= keep:
+            return prompt
+        return str(self._model.hf_tokenizer.decode(ids[-keep:])).strip()
+
     def transcribe(
         self,
         audio: np.ndarray,
@@ -711,7 +750,9 @@ class WhisperEngine:
             task="transcribe",
             beam_size=options.beam_size,
             temperature=list(options.temperatures),
-            initial_prompt=options.prompt or None,
+            # As hotwords, the prompt conditions every window; as initial_prompt it conditioned only the
+            # first (condition_on_previous_text is off).
+            hotwords=self._prompt_tail(options.prompt),
             word_timestamps=options.word_timestamps,
             condition_on_previous_text=False,
             vad_filter=duration > long_audio_s,
@@ -746,6 +787,21 @@ class WhisperEngine:
             model=self.name,
             processing_seconds=time.perf_counter() - started,
         )
+
+
+def pick_language(scores: Sequence[tuple[str, float]], allowed: Sequence[str] = ()) -> tuple[str, float]:
+    """The most probable language of Whisper's detection ``(code, probability)``, among ``allowed`` when
+    given (its probability is Whisper's, over every language: not renormalized over the list). When no
+    allowed language was scored at all, the most probable overall."""
+    if not scores:
+        raise ValueError("no language scores")
+    among = [s for s in scores if s[0] in allowed] if allowed else list(scores)
+    return max(among or scores, key=lambda s: s[1])
+
+
+def hotword_text(hotwords: Sequence[str]) -> str | None:
+    """The prompt text of a list of phrases (None for none): "Kubernetes, Okonkwo, Tallinn"."""
+    return ", ".join(hotwords) if hotwords else None
 
 
 def _repair_tokenizer(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -25,6 +25,11 @@ from protos import speech_pb2, speech_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = speech_pb2.DESCRIPTOR.services_by_name["CloudRecognizer"].full_name
+# Hotwords of one request (the config's and the edge context's): the edge sends up to 100 of a session's
+# own and 100 defaults of at most 50 characters; Whisper's prompt holds ~220 tokens of them anyway.
+MAX_HOTWORDS = 200
+MAX_HOTWORD_CHARS = 100
+MAX_LANGUAGES = 100  # Whisper knows 99 (100 with Cantonese)
 _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 if TYPE_CHECKING:
     _Handler = grpc.RpcMethodHandler[Any, Any]
@@ -60,7 +65,10 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
         self._runtime = runtime
         self._answers = AnswerCache(runtime.settings.replay_items, runtime.settings.replay_ttl_s)
 
-    def _options(self, config: speech_pb2.RecognitionConfig) -> RecognizeOptions:
+    def _options(
+        self, config: speech_pb2.RecognitionConfig, edge_context: speech_pb2.EdgeContext | None = None
+    ) -> RecognizeOptions:
+        """The request's options; hotwords are the config's, then the edge context's."""
         s = self._runtime.settings
         if config.n_best > s.max_n_best:
             raise InvalidAudioError(f"n_best {config.n_best} is above the limit of {s.max_n_best}")
@@ -71,12 +79,22 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
         languages = self._runtime.languages
         if config.language and languages and config.language not in languages:
             raise InvalidAudioError(f"unsupported language {config.language[:40]!r}")
+        hotwords = _hotwords(config.hotwords, edge_context.hotwords if edge_context is not None else ())
+        allowed = tuple(dict.fromkeys(config.languages))
+        if len(allowed) > MAX_LANGUAGES:
+            raise InvalidAudioError(f"{len(allowed)} languages; at most {MAX_LANGUAGES}")
+        unknown = [code for code in allowed if languages and code not in languages]
+        if unknown:
+            raise InvalidAudioError(f"unsupported language {unknown[0][:40]!r} in languages")
         return RecognizeOptions(
-            language=config.language or s.language,
+            # A request that lists languages asks for detection among them, whatever CLOUD_LANGUAGE says.
+            language=config.language or (None if allowed else s.language),
             beam_size=config.beam_size or s.beam_size,
             n_best=config.n_best or 1,
             word_timestamps=config.word_timestamps,
             prompt=config.prompt or None,
+            hotwords=hotwords,
+            languages=allowed,
         )
 
     async def _run(
@@ -101,7 +119,7 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
         # The edge's hypotheses join the cloud's in the second pass (when the settings turn it on).
         edge = [EdgeCandidate(h.text, h.log_prob) for h in edge_context.n_best]
         try:
-            options = self._options(config)
+            options = self._options(config, edge_context)
             audio = pcm16_to_float(audio_bytes, config.sample_rate_hz, self._runtime.settings.max_audio_s)
             result = await self._runtime.recognize(audio, options, edge, pilot)
         except InvalidAudioError as exc:
@@ -169,7 +187,7 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
                             context,
                             f"unsupported sample_rate_hz {config.sample_rate_hz}: send 16000 Hz PCM16 mono",
                         )
-                    pilots = self._pilots(config, edge_context.utterance_id)
+                    pilots = self._pilots(config, edge_context)
                 elif kind == "audio":
                     if len(pcm) + len(message.audio) > max_bytes:
                         try:
@@ -195,20 +213,36 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
             if pilots is not None:
                 pilots.close()
 
-    def _pilots(self, config: speech_pb2.RecognitionConfig, utterance_id: str) -> StreamPilots | None:
+    def _pilots(
+        self, config: speech_pb2.RecognitionConfig, edge_context: speech_pb2.EdgeContext
+    ) -> StreamPilots | None:
         """The stream's pilots, when the settings want them and the config is valid (an invalid one
         is reported when the stream ends, as without pilots)."""
         if not self._runtime.settings.pilot:
             return None
         try:
-            options = self._options(config)
+            options = self._options(config, edge_context)
         except InvalidAudioError:
             return None
-        return StreamPilots(self._runtime, options, utterance_id)
+        return StreamPilots(self._runtime, options, edge_context.utterance_id)
 
     async def _invalid(self, context: grpc.aio.ServicerContext[Any, Any], message: str) -> None:
         self._runtime.metrics.requests.labels("grpc", "StreamingRecognize", "INVALID_ARGUMENT").inc()
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _hotwords(*lists: Sequence[str]) -> tuple[str, ...]:
+    """The request's hotword lists as one (repeats dropped, order kept), within the documented bounds."""
+    phrases = tuple(dict.fromkeys(" ".join(p.split()) for phrases in lists for p in phrases))
+    phrases = tuple(p for p in phrases if p)
+    if len(phrases) > MAX_HOTWORDS:
+        raise InvalidAudioError(f"{len(phrases)} hotwords; at most {MAX_HOTWORDS}")
+    for phrase in phrases:
+        if len(phrase) > MAX_HOTWORD_CHARS:
+            raise InvalidAudioError(
+                f"a hotword is longer than {MAX_HOTWORD_CHARS} characters: {phrase[:40]!r}..."
+            )
+    return phrases
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):

@@ -3,10 +3,10 @@ decoded twice.
 
 The edge retries an escalation whenever it did not see the answer (a cut connection, a deadline, a
 restart with the escalation still queued), so the cloud may receive the same utterance more than once.
-A request is the same utterance when its ``utterance_id``, its recognition config, its audio and the
-edge's hypotheses (which the second pass weighs) are all the same; requests without an id are never
-replayed. Answers are kept for ``ttl_s`` and at most
-``max_items`` of them (oldest out first).
+A request is the same utterance when its ``utterance_id``, its recognition config, its audio, the
+edge's hypotheses (which the second pass weighs) and the edge's hotwords are all the same; requests
+without an id are never replayed. Answers are kept for ``ttl_s`` and at most ``max_items`` of them
+(oldest out first).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def utterance_key(
         return None
     digest = hashlib.sha256()
     edge = [h.SerializeToString(deterministic=True) for h in context.n_best]
-    for part in (context.utterance_id.encode(), config.SerializeToString(deterministic=True), audio, *edge):
+    hotwords = [h.encode() for h in context.hotwords]  # they change the decode like the config does
+    parts = (context.utterance_id.encode(), config.SerializeToString(deterministic=True), audio, *edge)
+    for part in (*parts, b"hotwords", *hotwords):
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
     return digest.hexdigest()

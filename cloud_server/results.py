@@ -53,6 +53,8 @@ class PilotHypothesis:
     samples: int
     """Audio samples the pilot decoded (from the start of the stream)."""
     processing_seconds: float = 0.0
+    hotwords: tuple[str, ...] = ()
+    """The request's hotwords the pilot was conditioned on (as ``prompt``)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,10 @@ class RecognizeOptions:
     n_best: int = 1
     word_timestamps: bool = False
     prompt: str | None = None
+    hotwords: tuple[str, ...] = ()
+    """Phrases to favour: Whisper is prompted with them (before ``prompt``) in every window."""
+    languages: tuple[str, ...] = ()
+    """With no ``language``: the languages detection may pick (empty: any the model knows)."""
 
 
 @dataclass(frozen=True)
@@ -97,5 +103,6 @@ class TranscribeOptions:
     language: str | None = None
     beam_size: int = 5
     prompt: str | None = None
+    """OpenAI's ``prompt``: conditions every window (a longer one keeps its last 223 tokens)."""
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     word_timestamps: bool = False

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.language import ENGLISH, UNDETERMINED
 from edge_agent.offramp import choose
 
 if TYPE_CHECKING:
@@ -80,6 +81,8 @@ class EdgeVerdict:
     words: Sequence[tuple[str, float]]
     """(word, confidence) from the edge model."""
     reused_tokens: int
+    usable: bool = True
+    """False when the speech was judged not English: the English-only model's text is no transcript."""
 
 
 @dataclass(frozen=True)
@@ -107,12 +110,20 @@ def final(
     reason: str | None,
     latency_s: float,
     finalize_s: float,
+    escalated: bool | None = None,
 ) -> dict[str, Any]:
     """The ``final`` event: the chosen result (``source``), with both sides' confidences and texts.
 
-    ``reason`` is the escalation reason (None: not escalated); latencies in seconds."""
+    ``reason`` is the escalation reason (None: not escalated); ``escalated`` defaults to whether there is
+    one (``reason`` ``language`` without escalation: other-language speech kept on the device). Latencies
+    in seconds. ``language`` is the cloud's for a cloud result and English for the edge's; an edge result
+    judged not English is not transcribed: empty text, ``"transcribed": false``, language ``und``."""
     best = cloud.result.best if cloud.result is not None else None
+    transcribed = True
+    language = ENGLISH
     if source == "cloud" and best is not None:
+        assert cloud.result is not None
+        language = cloud.result.language or ENGLISH
         text = best.text
         confidence = 1.0 - (cloud.p_wrong if cloud.p_wrong is not None else 0.5)
         words = [
@@ -125,6 +136,10 @@ def final(
             for w in best.words
         ]
         timing = "aligned"
+    elif not edge.usable:
+        # Never English gibberish for speech in another language: say it was not transcribed.
+        text, confidence, words, timing = "", 0.0, [], "estimated"
+        transcribed, language = False, UNDETERMINED
     else:
         text = edge.text
         confidence = 1.0 - edge.p_wrong
@@ -136,7 +151,9 @@ def final(
         "text": text,
         "confidence": round(confidence, 4),
         "source": source,
-        "escalated": reason is not None,
+        "transcribed": transcribed,
+        "language": language,
+        "escalated": reason is not None if escalated is None else escalated,
         "reason": reason,
         "edge_confidence": round(1.0 - edge.p_wrong, 4),
         "cloud_confidence": round(1.0 - cloud.p_wrong, 4) if cloud.p_wrong is not None else None,
@@ -157,17 +174,26 @@ def final(
 
 
 def correction(
-    utterance_id: str, edge_text: str, p_edge: float, cloud_text: str, p_cloud: float
+    utterance_id: str,
+    edge_text: str,
+    p_edge: float | None,
+    cloud_text: str,
+    p_cloud: float,
+    language: str = ENGLISH,
 ) -> dict[str, Any]:
-    """A late cloud answer for an utterance whose final already went out; keeps the likelier result."""
-    source = choose(p_edge, p_cloud)
+    """A late cloud answer for an utterance whose final already went out; keeps the likelier result.
+
+    ``p_edge`` None: the edge had no usable text (speech judged not English); ``language``: the cloud's."""
+    source = choose(p_edge, p_cloud, language)
+    chosen = p_cloud if source == "cloud" or p_edge is None else p_edge
     return {
         "type": "correction",
         "utterance_id": utterance_id,
         "text": cloud_text if source == "cloud" else edge_text,
         "source": source,
-        "confidence": round(1.0 - min(p_cloud, p_edge), 4),
-        "edge_confidence": round(1.0 - p_edge, 4),
+        "language": (language or ENGLISH) if source == "cloud" else ENGLISH,
+        "confidence": round(1.0 - chosen, 4),
+        "edge_confidence": round(1.0 - p_edge, 4) if p_edge is not None else None,
         "cloud_confidence": round(1.0 - p_cloud, 4),
         "cloud_text": cloud_text,
     }

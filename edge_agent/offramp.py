@@ -8,6 +8,7 @@ from enum import Enum
 
 from edge_agent.asr.interface import TokenInfo
 from edge_agent.confidence import Calibration, edge_features
+from edge_agent.language import is_english
 
 
 class Reason(str, Enum):
@@ -16,6 +17,8 @@ class Reason(str, Enum):
     DECODE_STOPPED = "decode_stopped"
     LONG_UTTERANCE = "long_utterance"
     FORCED = "forced"
+    LANGUAGE = "language"
+    """The speech is not English, which the edge models cannot transcribe (``edge_agent.language``)."""
 
 
 @dataclass(frozen=True)
@@ -94,30 +97,76 @@ class EscalationPlan:
     """P(edge result wrong) used to choose between edge and cloud."""
     count_now: bool
     """Count this escalation now (an early one was counted when it began)."""
+    detect_language: bool = False
+    """The cloud is asked to detect the language (the speech was judged not English), not told English."""
+    edge_usable: bool = True
+    """False when the final decode was judged not English: the edge's English text is no transcript."""
+
+
+@dataclass(frozen=True)
+class LanguageState:
+    """What the language offramp said about an utterance (``edge_agent.language``)."""
+
+    other: bool = False
+    """The final decode was judged not English."""
+    early: bool = False
+    """The utterance is already streaming to the cloud for detection (a pilot was judged not English)."""
+    to_cloud: bool = True
+    """Other-language speech may go to the cloud (``EDGE_OTHER_LANGUAGES_TO_CLOUD``)."""
+
+
+ENGLISH_ONLY = LanguageState()
 
 
 def plan_escalation(
-    decision: Decision, stopped: bool, early: bool, always_cloud: bool, cloud_enabled: bool
+    decision: Decision,
+    stopped: bool,
+    early: bool,
+    always_cloud: bool,
+    cloud_enabled: bool,
+    language: LanguageState = ENGLISH_ONLY,
 ) -> EscalationPlan:
     """What to do with a finished edge decode: escalate or not, and why.
 
     ``stopped``: the offramp ended the decode midway; ``early``: the utterance is already streaming to the
-    cloud (escalated from a pilot); ``cloud_enabled``: a cloud is configured at all."""
+    cloud (escalated from a pilot); ``cloud_enabled``: a cloud is configured at all. Speech judged not
+    English escalates with reason ``language`` and asks the cloud to detect its language, unless it may
+    not leave the device: then nothing is sent, not even a low-confidence or forced escalation."""
     reason: Reason | None = decision.reason
     if early:
-        reason = Reason.EARLY_PILOT
+        reason = Reason.LANGUAGE if language.early else Reason.EARLY_PILOT
     elif stopped:
         reason = Reason.DECODE_STOPPED
+    if language.other:
+        reason = Reason.LANGUAGE
     if always_cloud:
         reason = Reason.FORCED
-    escalate = cloud_enabled and (always_cloud or decision.escalate or stopped or early)
+    detect = language.other or language.early
+    allowed = cloud_enabled and (language.to_cloud or not detect)
+    escalate = allowed and (always_cloud or decision.escalate or stopped or early or detect)
     # A decode the offramp stopped holds only the start of the utterance: never prefer it.
     p_edge = 1.0 if stopped else decision.p_wrong
-    return EscalationPlan(escalate, reason if escalate else None, p_edge, escalate and not early)
+    # An early escalation was counted when it began; one that asked for English and gives way to a
+    # request for detection is a new escalation, for language.
+    replaced = early and detect and not language.early
+    return EscalationPlan(
+        escalate,
+        reason if escalate else None,
+        p_edge,
+        escalate and (not early or replaced),
+        detect_language=escalate and detect,
+        edge_usable=not language.other,
+    )
 
 
-def choose(edge_p_wrong: float, cloud_p_wrong: float | None) -> str:
-    """Keep the result more likely to be right; ties go to the edge (no extra latency or cost)."""
+def choose(edge_p_wrong: float | None, cloud_p_wrong: float | None, cloud_language: str = "en") -> str:
+    """Keep the result more likely to be right; ties go to the edge (no extra latency or cost).
+
+    ``edge_p_wrong`` None: the edge has no usable text (the speech was judged not English). A cloud answer
+    in another language than English is always kept: the English-only edge's text of such speech is
+    meaningless, and the two probabilities are not comparable."""
     if cloud_p_wrong is None:
         return "edge"
+    if edge_p_wrong is None or not is_english(cloud_language):
+        return "cloud"
     return "cloud" if cloud_p_wrong < edge_p_wrong else "edge"

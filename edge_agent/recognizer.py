@@ -13,6 +13,7 @@ from edge_agent.asr.interface import AsrModel
 from edge_agent.asr.registry import load_model
 from edge_agent.audio.vad import SileroVad, VadModel
 from edge_agent.confidence import Calibration
+from edge_agent.language import LanguagePolicy, language_policy
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.offramp import OfframpPolicy
 from edge_agent.settings import EdgeSettings
@@ -37,6 +38,8 @@ class Recognizer:
         self.policy = OfframpPolicy.from_calibration(
             self.calibration, settings.escalation_threshold, settings.target_offload_rate
         )
+        self.language: LanguagePolicy | None = language_policy(self.model.name, settings.languages)
+        """The language offramp (None: off, every utterance is taken as English)."""
         self.escalator: Escalator | None = None
         self.sessions: dict[str, Session] = {}
         self.metrics = EdgeMetrics(self._queue_depth, lambda: float(len(self.sessions)))

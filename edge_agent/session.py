@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent import events
+from edge_agent.asr.hotwords import merge_hotwords
 from edge_agent.asr.interface import AsrStream, Decoded, Hypothesis, StopCheck, TokenInfo
 from edge_agent.audio.adaptive_endpoint import AdaptiveEndpointConfig, EndpointEvidence, decide
 from edge_agent.audio.convert import StreamResampler, check_rate, float_to_pcm16, pcm_to_float
@@ -36,7 +37,8 @@ from edge_agent.audio.ring import RingBuffer
 from edge_agent.confidence import cloud_p_wrong, pilot_agreement
 from edge_agent.escalation.client import CloudUnavailable
 from edge_agent.escalation.context import edge_context
-from edge_agent.offramp import EscalationPlan, Reason, choose, plan_escalation
+from edge_agent.language import ENGLISH, is_english
+from edge_agent.offramp import ENGLISH_ONLY, EscalationPlan, LanguageState, Reason, choose, plan_escalation
 
 if TYPE_CHECKING:
     from edge_agent.escalation.client import CloudResult, CloudStream
@@ -73,6 +75,8 @@ class Utterance:
     early: CloudStream | None = None
     early_sent: int = 0
     early_p: float | None = None
+    early_language: bool = False
+    """The early stream asks the cloud to detect the language (a pilot was judged not English)."""
     pause_vad: list[float] = field(default_factory=list)
     """VAD probabilities since the current pause began (adaptive endpointing)."""
     endpoint: str | None = None
@@ -95,11 +99,15 @@ class Session:
         turn_detection: bool = True,
         vad_events: bool = False,
         min_silence_ms: int | None = None,
+        hotwords: Sequence[str] = (),
     ) -> None:
         """``turn_detection=False``: silence never ends an utterance, only :meth:`commit` (or the length
         cap) does. ``vad_events``: also emit ``speech_started`` / ``speech_stopped`` events.
-        ``min_silence_ms``: this session's end-of-utterance silence instead of the setting's."""
+        ``min_silence_ms``: this session's end-of-utterance silence instead of the setting's.
+        ``hotwords``: phrases to favour (validated by the caller), before ``EDGE_HOTWORDS``; the edge
+        decodes with them and escalations carry them to the cloud."""
         self.rec = rec
+        self.hotwords = merge_hotwords(hotwords, rec.settings.hotwords)
         self.id = session_id or uuid.uuid4().hex[:12]
         self.sample_rate = check_rate(sample_rate)
         pcm_to_float(b"", encoding)  # validates the encoding name now, not on the first frame
@@ -143,7 +151,7 @@ class Session:
         self._finals: list[asyncio.Task[None]] = []
         self._pilot_pending = False
         self._last_final: asyncio.Task[None] | None = None
-        self._edge_results: dict[str, tuple[str, float, float]] = {}
+        self._edge_results: dict[str, tuple[str, float | None, float]] = {}
         self.closed = False
 
     # -- input ---------------------------------------------------------------------------
@@ -223,7 +231,7 @@ class Session:
     def _on_endpoint(self, event: object) -> None:
         if isinstance(event, SpeechStart):
             self._count += 1
-            stream = self.rec.model.create_stream()
+            stream = self.rec.model.create_stream(hotwords=self.hotwords)
             self._utt = Utterance(
                 f"{self.id}-{self._count}", event.start_sample, self._count, stream, event.start_sample
             )
@@ -300,11 +308,20 @@ class Session:
         """Escalate or not, from a final decode of the utterance up to ``end``."""
         s = self.rec.settings
         duration = (end - utt.start) / RATE
-        decision = self.rec.policy.at_final(
-            d.tokens, duration, self._speech_ratio(utt.start, end), self._agreement(d, utt.pilot), d.finished
-        )
+        speech_ratio, agreement = self._speech_ratio(utt.start, end), self._agreement(d, utt.pilot)
+        decision = self.rec.policy.at_final(d.tokens, duration, speech_ratio, agreement, d.finished)
+        language = ENGLISH_ONLY
+        if self.rec.language is not None:
+            verdict = self.rec.language.at_final(d.tokens, duration, speech_ratio, agreement, d.finished)
+            early = utt.early is not None and utt.early_language
+            language = LanguageState(verdict.other, early, s.other_languages_to_cloud)
         return plan_escalation(
-            decision, d.stopped, utt.early is not None, s.always_cloud, self.rec.escalator is not None
+            decision,
+            d.stopped,
+            utt.early is not None,
+            s.always_cloud,
+            self.rec.escalator is not None,
+            language,
         )
 
     def _escalate_ahead(self, utt: Utterance, outcome: FinalOutcome, end: int) -> None:
@@ -321,7 +338,9 @@ class Session:
         reason = plan.reason
 
         async def ask() -> CloudResult:
-            context, pcm = await self._cloud_request(utt, outcome, plan.p_edge, reason, duration)
+            context, pcm = await self._cloud_request(
+                utt, outcome, plan.p_edge, reason, duration, plan.detect_language
+            )
             return await escalator.try_recognize(context, pcm, self.rec.settings.cloud_deadline_s)
 
         utt.cloud_ahead = asyncio.ensure_future(ask())
@@ -368,7 +387,15 @@ class Session:
         if decoded.text and changed:
             self._emit(events.partial(utt.id, decoded.text, utt.start / RATE, end / RATE))
         offramps = self.rec.settings.offramps and not self.rec.settings.always_cloud
-        if offramps and utt.early is None and self.rec.escalator is not None and self._utt is utt:
+        if offramps and self._utt is utt:
+            self._language_at_pilot(utt, decoded, end)
+        if (
+            offramps
+            and utt.early is None
+            and self.rec.escalator is not None
+            and self._utt is utt
+            and self._may_stream_early()
+        ):
             decision = self.rec.policy.at_pilot(
                 decoded.tokens,
                 (end - utt.start) / RATE,
@@ -377,14 +404,43 @@ class Session:
             )
             if decision.escalate:
                 utt.early_p = decision.p_wrong
+                name = self.rec.model.name
                 context = edge_context(
-                    utt.id, decoded, decision.p_wrong, Reason.EARLY_PILOT, self.rec.model.name, final=False
+                    utt.id, decoded, decision.p_wrong, Reason.EARLY_PILOT, name, False, hotwords=self.hotwords
                 )
                 utt.early = self.rec.escalator.open_early(self.id, context)
                 if utt.early is not None:
                     self.rec.metrics.escalations.labels(Reason.EARLY_PILOT.value).inc()
                     self._send_early(utt, self._ring.total_written)
         self._after_audio()
+
+    def _language_at_pilot(self, utt: Utterance, decoded: Decoded, end: int) -> None:
+        """Early escalation for language: a pilot already judged not English starts streaming the
+        utterance to the cloud for detection (replacing an early stream that asks for English)."""
+        policy, escalator = self.rec.language, self.rec.escalator
+        if policy is None or escalator is None or utt.early_language:
+            return
+        if not self.rec.settings.other_languages_to_cloud:
+            return  # such audio stays on the device: the final decides, nothing is streamed early
+        audio_s, speech_ratio = (end - utt.start) / RATE, self._speech_ratio(utt.start, end)
+        if not policy.at_pilot(decoded.tokens, audio_s, speech_ratio, utt.pilot_agreement).other:
+            return
+        if utt.early is not None:
+            utt.early.cancel()  # it asks for English
+        name = self.rec.model.name
+        context = edge_context(utt.id, decoded, 1.0, Reason.LANGUAGE, name, False, hotwords=self.hotwords)
+        utt.early = escalator.open_early(self.id, _detection(context))
+        utt.early_language = utt.early is not None
+        if utt.early is not None:
+            self.rec.metrics.escalations.labels(Reason.LANGUAGE.value).inc()
+            utt.early_sent = utt.start  # a new stream: the utterance's audio from its start
+            self._send_early(utt, self._ring.total_written)
+
+    def _may_stream_early(self) -> bool:
+        """Whether audio may stream to the cloud before the utterance's language was judged on a decode
+        of that very audio: not when other-language speech must stay on the device (it then leaves only
+        after the final, or the speculative final, judged it English)."""
+        return self.rec.language is None or self.rec.settings.other_languages_to_cloud
 
     def _agreement(self, decoded: Decoded, previous: Decoded | None) -> float:
         return pilot_agreement(decoded, previous, self.rec.model.capabilities.prefix_verification)
@@ -407,8 +463,8 @@ class Session:
     def _stop_check(self, seconds: float, speech_ratio: float) -> StopCheck | None:
         """The offramp asked during the final decode: stop once the outcome is clearly an escalation."""
         settings, policy = self.rec.settings, self.rec.policy
-        if not settings.offramps or settings.always_cloud:
-            return None
+        if not settings.offramps or settings.always_cloud or self.rec.escalator is None:
+            return None  # (without a cloud, a stopped decode would leave the user its first words only)
 
         def stop(tokens: Sequence[TokenInfo]) -> bool:
             return policy.should_stop(tokens, seconds, speech_ratio)
@@ -470,7 +526,7 @@ class Session:
         s = self.rec.settings
         plan = self._plan(utt, d, end)
         cloud = events.NO_CLOUD
-        p_edge = plan.p_edge
+        p_edge, edge_usable = plan.p_edge, plan.edge_usable
         if plan.escalate:
             cloud = await self._ask_cloud(utt, outcome, plan, duration, endpoint_at)
             if d.stopped and cloud.p_wrong is None:
@@ -478,19 +534,29 @@ class Session:
                 # gets the whole edge result (not its first words); a correction follows if it was queued.
                 stream, samples = utt.stream, end - utt.start
                 d = await self.rec.worker.run_final(lambda: stream.finalize(samples))
-                p_edge = self._plan(utt, d, end).p_edge
-        source = "cloud" if s.always_cloud and cloud.p_wrong is not None else choose(p_edge, cloud.p_wrong)
+                replanned = self._plan(utt, d, end)
+                p_edge, edge_usable = replanned.p_edge, replanned.edge_usable
+        elif utt.early is not None:
+            utt.early.cancel()  # other-language speech that must stay on the device
+        edge_p = p_edge if edge_usable else None
+        language = cloud.result.language if cloud.result is not None else ENGLISH
+        if s.always_cloud and cloud.p_wrong is not None:
+            source = "cloud"
+        else:
+            source = choose(edge_p, cloud.p_wrong, language)
         self.rec.metrics.audio_seconds.inc(duration)
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)  # finals go out in order
         if self.closed:
             return
-        self._edge_results[utt.id] = (d.text, p_edge, duration)
+        self._edge_results[utt.id] = (d.text, edge_p, duration)
         if len(self._edge_results) > _KEPT_RESULTS:  # kept only to score late corrections
             self._edge_results.pop(next(iter(self._edge_results)))
         latency = time.monotonic() - speech_end_at
         self.rec.metrics.final_latency.observe(latency)
         reason = plan.reason.value if plan.reason is not None else None
+        if reason is None and not edge_usable:
+            reason = Reason.LANGUAGE.value  # kept on the device (privacy, or no cloud): the final says why
         log.info(
             "final utterance=%s source=%s escalated=%s reason=%s latency=%.0fms",
             utt.id, source, plan.escalate, reason or "-", 1000 * latency,
@@ -500,22 +566,38 @@ class Session:
         )  # fmt: skip
         verdict = utt.endpoint if end_reason == "silence" else None
         span = events.UtteranceSpan(utt.id, utt.start / RATE, end / RATE, end_reason, utt.pilots, verdict)
-        edge = events.EdgeVerdict(d.text, p_edge, self.rec.model.words(d.tokens), d.reused_tokens)
-        self._emit(events.final(span, edge, cloud, source, reason, latency, time.monotonic() - endpoint_at))
+        words = self.rec.model.words(d.tokens)
+        edge = events.EdgeVerdict(d.text, p_edge, words, d.reused_tokens, usable=edge_usable)
+        finalize_s = time.monotonic() - endpoint_at
+        self._emit(
+            events.final(span, edge, cloud, source, reason, latency, finalize_s, escalated=plan.escalate)
+        )
 
     async def _cloud_request(
-        self, utt: Utterance, outcome: FinalOutcome, p_edge: float, reason: Reason, duration: float
+        self,
+        utt: Utterance,
+        outcome: FinalOutcome,
+        p_edge: float,
+        reason: Reason,
+        duration: float,
+        detect: bool = False,
     ) -> tuple[speech_pb2.EdgeContext, bytes]:
-        """The escalation's context (with the edge's n-best when asked for) and audio."""
+        """The escalation's context (with the edge's n-best when asked for) and audio. ``detect``: the
+        speech was judged not English, the cloud is asked to detect its language."""
         settings, model = self.rec.settings, self.rec.model
         alternatives: list[Hypothesis] = []
         caps, n = model.capabilities, settings.edge_n_best
-        if n > 1 and caps.n_best and (caps.max_audio_s is None or duration <= caps.max_audio_s):
+        if (
+            n > 1
+            and caps.n_best
+            and not detect
+            and (caps.max_audio_s is None or duration <= caps.max_audio_s)
+        ):
             stream = utt.stream
             alternatives = await self.rec.worker.run_final(lambda: stream.n_best(n))
         d = outcome.decoded
-        context = edge_context(utt.id, d, p_edge, reason, model.name, True, alternatives)
-        return context, float_to_pcm16(outcome.audio)
+        context = edge_context(utt.id, d, p_edge, reason, model.name, True, alternatives, self.hotwords)
+        return _detection(context) if detect else context, float_to_pcm16(outcome.audio)
 
     async def _ask_cloud(
         self, utt: Utterance, outcome: FinalOutcome, plan: EscalationPlan, duration: float, endpoint_at: float
@@ -534,7 +616,12 @@ class Session:
             except CloudUnavailable:
                 cloud = None  # the regular request below tries again, and queues on failure
         if cloud is None:
-            context, pcm = await self._cloud_request(utt, outcome, plan.p_edge, plan.reason, duration)
+            if utt.early is not None and utt.early_language != plan.detect_language:
+                utt.early.cancel()  # it asks for English, and the final decode was judged another language
+                utt.early = None
+            context, pcm = await self._cloud_request(
+                utt, outcome, plan.p_edge, plan.reason, duration, plan.detect_language
+            )
             deadline = max(0.05, settings.cloud_deadline_s - (time.monotonic() - endpoint_at))
             if utt.early is not None:
                 cloud = await escalator.finish_early(utt.early, self.id, context, pcm, deadline)
@@ -552,12 +639,18 @@ class Session:
             return
         edge_text, p_edge, duration = self._edge_results.get(utterance_id, ("", 1.0, 1.0))
         p_cloud = self._cloud_p_wrong(cloud, edge_text, duration)
-        self._emit(events.correction(utterance_id, edge_text, p_edge, cloud.hypotheses[0].text, p_cloud))
+        text = cloud.hypotheses[0].text
+        self._emit(events.correction(utterance_id, edge_text, p_edge, text, p_cloud, cloud.language))
 
     # -- helpers -------------------------------------------------------------------------
 
     def _cloud_p_wrong(self, cloud: CloudResult, edge_text: str, duration: float) -> float:
         best = cloud.hypotheses[0]
+        if not is_english(cloud.language):
+            # The cloud's confidence model was fitted on English, with agreement with the edge's text as
+            # a feature (meaningless against an English-only model's reading of other speech): Whisper's
+            # own confidence instead.
+            return 1.0 - best.confidence
         model = self.rec.calibration.cloud
         return cloud_p_wrong(model, best.avg_logprob, best.no_speech_prob, best.text, edge_text, duration)
 
@@ -575,3 +668,11 @@ class Session:
     def _emit(self, event: dict[str, Any]) -> None:
         if not self.closed:
             self.events.put_nowait(event)
+
+
+def _detection(context: speech_pb2.EdgeContext) -> speech_pb2.EdgeContext:
+    """The context of an escalation of speech judged not English: the cloud detects the language, and the
+    edge's hypotheses (English words for other speech) are no candidates for its second pass."""
+    context.other_language = True
+    del context.n_best[:]
+    return context

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from edge_agent.language import DEFAULT_LANGUAGES, parse_languages
 
 _STATE = Path.home() / ".local" / "state" / "edge-agent"
 _CACHE = Path.home() / ".cache" / "edge-cloud-asr"
@@ -70,6 +73,16 @@ class EdgeSettings(BaseSettings):
     (``encoder``/``decoder``/``joiner.onnx``: greedy, no n-best); ``auto`` takes the transducer when
     present (NeMo's default for hybrid models, and the bundled model's more accurate head), else CTC."""
 
+    # -- hotwords ---------------------------------------------------------------------------
+    hotwords: Annotated[tuple[str, ...], NoDecode] = ()
+    """Phrases every session favours (names, product words, jargon; at most 100 of at most 50
+    characters), added after a session's own ``hotwords``. In the environment: comma-separated, or a
+    JSON list (for phrases with commas)."""
+    hotword_bonus: float | None = Field(default=None, ge=0.0, le=20.0)
+    """Log-prob added to a token that continues a hotword while decoding on the edge; default: the value
+    tuned for the model family (BENCHMARKS.md, hotwords); 0 turns edge biasing off (the phrases still go
+    to the cloud)."""
+
     # -- VAD / endpointing ---------------------------------------------------------------
     vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     """Silero speech probability above which a frame is speech."""
@@ -119,6 +132,15 @@ class EdgeSettings(BaseSettings):
     target_offload_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     """Derive the threshold so this fraction of utterances escalates (overrides the calibrated one)."""
 
+    # -- other languages ---------------------------------------------------------------------
+    languages: Annotated[tuple[str, ...], NoDecode] = DEFAULT_LANGUAGES
+    """Languages the cloud may transcribe speech the edge judged not English in (ISO 639-1, comma-separated;
+    English is always added): the cloud detects the language among them. Empty: any language Whisper
+    knows. ``en`` alone turns the language offramp off (every request asks for English)."""
+    other_languages_to_cloud: bool = True
+    """Send speech the edge judged not English to the cloud. False (privacy): such audio never leaves the
+    device; its final says it was not transcribed (``"transcribed": false``, ``"reason": "language"``)."""
+
     # -- cloud -------------------------------------------------------------------------------
     cloud_target: str | None = "localhost:50051"
     """gRPC target of the cloud recognizer (host:port, or dns:///name:port); empty disables escalation."""
@@ -161,6 +183,25 @@ class EdgeSettings(BaseSettings):
     """Python logging level."""
     log_format: Literal["text", "json"] = "text"
     """``json``: one JSON object per line, with utterance ids that join edge and cloud lines."""
+
+    @field_validator("hotwords", mode="before")
+    @classmethod
+    def _hotword_list(cls, value: object) -> tuple[str, ...]:
+        from edge_agent.asr.hotwords import validate_hotwords
+
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [p for p in text.split(",") if p.strip()]
+        return validate_hotwords(value, "EDGE_HOTWORDS")
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _language_list(cls, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return parse_languages(value)
+        if isinstance(value, list | tuple):
+            return parse_languages([str(v) for v in value])
+        raise ValueError("EDGE_LANGUAGES: give language codes separated by commas, e.g. en,es,de")
 
     @field_validator("model")
     @classmethod

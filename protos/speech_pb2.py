@@ -24,35 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/speech.proto\x12\tspeech.v1\"\x89\x01\n\x11RecognitionConfig\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x11\n\tbeam_size\x18\x02 \x01(\r\x12\x0e\n\x06n_best\x18\x03 \x01(\r\x12\x17\n\x0fword_timestamps\x18\x04 \x01(\x08\x12\x16\n\x0esample_rate_hz\x18\x05 \x01(\r\x12\x0e\n\x06prompt\x18\x06 \x01(\t\"D\n\x0e\x45\x64geHypothesis\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x10\n\x08log_prob\x18\x03 \x01(\x02\"\xcc\x01\n\x0b\x45\x64geContext\x12\x14\n\x0cutterance_id\x18\x01 \x01(\t\x12)\n\x06n_best\x18\x02 \x03(\x0b\x32\x19.speech.v1.EdgeHypothesis\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12+\n\x06reason\x18\x04 \x01(\x0e\x32\x1b.speech.v1.EscalationReason\x12\x15\n\rreason_detail\x18\x05 \x01(\t\x12\x12\n\nedge_model\x18\x06 \x01(\t\x12\x10\n\x08is_final\x18\x07 \x01(\x08\"x\n\x10RecognizeRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.speech.v1.RecognitionConfig\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12\'\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x16.speech.v1.EdgeContext\"E\n\x04Word\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x02\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x02\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\"{\n\nHypothesis\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x13\n\x0b\x61vg_logprob\x18\x03 \x01(\x02\x12\x16\n\x0eno_speech_prob\x18\x04 \x01(\x02\x12\x1e\n\x05words\x18\x05 \x03(\x0b\x32\x0f.speech.v1.Word\"\xdc\x01\n\x11RecognizeResponse\x12\x14\n\x0cutterance_id\x18\x01 \x01(\t\x12)\n\nhypotheses\x18\x02 \x03(\x0b\x32\x15.speech.v1.Hypothesis\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x1c\n\x14language_probability\x18\x04 \x01(\x02\x12\r\n\x05model\x18\x05 \x01(\t\x12\x1a\n\x12processing_seconds\x18\x06 \x01(\x02\x12\x15\n\raudio_seconds\x18\x07 \x01(\x02\x12\x14\n\x0cpilot_tokens\x18\x08 \x01(\r\"h\n\x0fStreamingConfig\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.speech.v1.RecognitionConfig\x12\'\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x16.speech.v1.EdgeContext\"\x9a\x01\n\x19StreamingRecognizeRequest\x12\x36\n\x10streaming_config\x18\x01 \x01(\x0b\x32\x1a.speech.v1.StreamingConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12)\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x16.speech.v1.EdgeContextH\x00\x42\t\n\x07request\"J\n\x1aStreamingRecognizeResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.speech.v1.RecognizeResponse*\xa3\x01\n\x10\x45scalationReason\x12!\n\x1d\x45SCALATION_REASON_UNSPECIFIED\x10\x00\x12\x12\n\x0eLOW_CONFIDENCE\x10\x01\x12\x0f\n\x0b\x45\x41RLY_PILOT\x10\x02\x12\x1c\n\x18PILOT_FINAL_DISAGREEMENT\x10\x03\x12\x12\n\x0eLONG_UTTERANCE\x10\x04\x12\n\n\x06\x46ORCED\x10\x05\x12\t\n\x05RETRY\x10\x06\x32\xc0\x01\n\x0f\x43loudRecognizer\x12\x46\n\tRecognize\x12\x1b.speech.v1.RecognizeRequest\x1a\x1c.speech.v1.RecognizeResponse\x12\x65\n\x12StreamingRecognize\x12$.speech.v1.StreamingRecognizeRequest\x1a%.speech.v1.StreamingRecognizeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/speech.proto\x12\tspeech.v1\"\xae\x01\n\x11RecognitionConfig\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x11\n\tbeam_size\x18\x02 \x01(\r\x12\x0e\n\x06n_best\x18\x03 \x01(\r\x12\x17\n\x0fword_timestamps\x18\x04 \x01(\x08\x12\x16\n\x0esample_rate_hz\x18\x05 \x01(\r\x12\x0e\n\x06prompt\x18\x06 \x01(\t\x12\x10\n\x08hotwords\x18\x07 \x03(\t\x12\x11\n\tlanguages\x18\x08 \x03(\t\"D\n\x0e\x45\x64geHypothesis\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x10\n\x08log_prob\x18\x03 \x01(\x02\"\xf6\x01\n\x0b\x45\x64geContext\x12\x14\n\x0cutterance_id\x18\x01 \x01(\t\x12)\n\x06n_best\x18\x02 \x03(\x0b\x32\x19.speech.v1.EdgeHypothesis\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12+\n\x06reason\x18\x04 \x01(\x0e\x32\x1b.speech.v1.EscalationReason\x12\x15\n\rreason_detail\x18\x05 \x01(\t\x12\x12\n\nedge_model\x18\x06 \x01(\t\x12\x10\n\x08is_final\x18\x07 \x01(\x08\x12\x10\n\x08hotwords\x18\x08 \x03(\t\x12\x16\n\x0eother_language\x18\t \x01(\x08\"x\n\x10RecognizeRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.speech.v1.RecognitionConfig\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12\'\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x16.speech.v1.EdgeContext\"E\n\x04Word\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x02\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x02\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\"{\n\nHypothesis\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x13\n\x0b\x61vg_logprob\x18\x03 \x01(\x02\x12\x16\n\x0eno_speech_prob\x18\x04 \x01(\x02\x12\x1e\n\x05words\x18\x05 \x03(\x0b\x32\x0f.speech.v1.Word\"\xdc\x01\n\x11RecognizeResponse\x12\x14\n\x0cutterance_id\x18\x01 \x01(\t\x12)\n\nhypotheses\x18\x02 \x03(\x0b\x32\x15.speech.v1.Hypothesis\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x1c\n\x14language_probability\x18\x04 \x01(\x02\x12\r\n\x05model\x18\x05 \x01(\t\x12\x1a\n\x12processing_seconds\x18\x06 \x01(\x02\x12\x15\n\raudio_seconds\x18\x07 \x01(\x02\x12\x14\n\x0cpilot_tokens\x18\x08 \x01(\r\"h\n\x0fStreamingConfig\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.speech.v1.RecognitionConfig\x12\'\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x16.speech.v1.EdgeContext\"\x9a\x01\n\x19StreamingRecognizeRequest\x12\x36\n\x10streaming_config\x18\x01 \x01(\x0b\x32\x1a.speech.v1.StreamingConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12)\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x16.speech.v1.EdgeContextH\x00\x42\t\n\x07request\"J\n\x1aStreamingRecognizeResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.speech.v1.RecognizeResponse*\xb1\x01\n\x10\x45scalationReason\x12!\n\x1d\x45SCALATION_REASON_UNSPECIFIED\x10\x00\x12\x12\n\x0eLOW_CONFIDENCE\x10\x01\x12\x0f\n\x0b\x45\x41RLY_PILOT\x10\x02\x12\x1c\n\x18PILOT_FINAL_DISAGREEMENT\x10\x03\x12\x12\n\x0eLONG_UTTERANCE\x10\x04\x12\n\n\x06\x46ORCED\x10\x05\x12\t\n\x05RETRY\x10\x06\x12\x0c\n\x08LANGUAGE\x10\x07\x32\xc0\x01\n\x0f\x43loudRecognizer\x12\x46\n\tRecognize\x12\x1b.speech.v1.RecognizeRequest\x1a\x1c.speech.v1.RecognizeResponse\x12\x65\n\x12StreamingRecognize\x12$.speech.v1.StreamingRecognizeRequest\x1a%.speech.v1.StreamingRecognizeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.speech_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ESCALATIONREASON']._serialized_start=1332
-  _globals['_ESCALATIONREASON']._serialized_end=1495
+  _globals['_ESCALATIONREASON']._serialized_start=1411
+  _globals['_ESCALATIONREASON']._serialized_end=1588
   _globals['_RECOGNITIONCONFIG']._serialized_start=35
-  _globals['_RECOGNITIONCONFIG']._serialized_end=172
-  _globals['_EDGEHYPOTHESIS']._serialized_start=174
-  _globals['_EDGEHYPOTHESIS']._serialized_end=242
-  _globals['_EDGECONTEXT']._serialized_start=245
-  _globals['_EDGECONTEXT']._serialized_end=449
-  _globals['_RECOGNIZEREQUEST']._serialized_start=451
-  _globals['_RECOGNIZEREQUEST']._serialized_end=571
-  _globals['_WORD']._serialized_start=573
-  _globals['_WORD']._serialized_end=642
-  _globals['_HYPOTHESIS']._serialized_start=644
-  _globals['_HYPOTHESIS']._serialized_end=767
-  _globals['_RECOGNIZERESPONSE']._serialized_start=770
-  _globals['_RECOGNIZERESPONSE']._serialized_end=990
-  _globals['_STREAMINGCONFIG']._serialized_start=992
-  _globals['_STREAMINGCONFIG']._serialized_end=1096
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=1099
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=1253
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=1255
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=1329
-  _globals['_CLOUDRECOGNIZER']._serialized_start=1498
-  _globals['_CLOUDRECOGNIZER']._serialized_end=1690
+  _globals['_RECOGNITIONCONFIG']._serialized_end=209
+  _globals['_EDGEHYPOTHESIS']._serialized_start=211
+  _globals['_EDGEHYPOTHESIS']._serialized_end=279
+  _globals['_EDGECONTEXT']._serialized_start=282
+  _globals['_EDGECONTEXT']._serialized_end=528
+  _globals['_RECOGNIZEREQUEST']._serialized_start=530
+  _globals['_RECOGNIZEREQUEST']._serialized_end=650
+  _globals['_WORD']._serialized_start=652
+  _globals['_WORD']._serialized_end=721
+  _globals['_HYPOTHESIS']._serialized_start=723
+  _globals['_HYPOTHESIS']._serialized_end=846
+  _globals['_RECOGNIZERESPONSE']._serialized_start=849
+  _globals['_RECOGNIZERESPONSE']._serialized_end=1069
+  _globals['_STREAMINGCONFIG']._serialized_start=1071
+  _globals['_STREAMINGCONFIG']._serialized_end=1175
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=1178
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=1332
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=1334
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=1408
+  _globals['_CLOUDRECOGNIZER']._serialized_start=1591
+  _globals['_CLOUDRECOGNIZER']._serialized_end=1783
 # @@protoc_insertion_point(module_scope)

@@ -38,6 +38,8 @@ class _EscalationReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Esca
     """The client or the configuration asked for the cloud."""
     RETRY: _EscalationReason.ValueType  # 6
     """A queued escalation retried after the cloud was unavailable."""
+    LANGUAGE: _EscalationReason.ValueType  # 7
+    """The edge judged the speech not to be English, which its models cannot transcribe."""
 
 class EscalationReason(_EscalationReason, metaclass=_EscalationReasonEnumTypeWrapper):
     """Why the edge sent this utterance to the cloud."""
@@ -55,6 +57,8 @@ FORCED: EscalationReason.ValueType  # 5
 """The client or the configuration asked for the cloud."""
 RETRY: EscalationReason.ValueType  # 6
 """A queued escalation retried after the cloud was unavailable."""
+LANGUAGE: EscalationReason.ValueType  # 7
+"""The edge judged the speech not to be English, which its models cannot transcribe."""
 Global___EscalationReason: _TypeAlias = EscalationReason  # noqa: Y015
 
 @_typing.final
@@ -67,6 +71,8 @@ class RecognitionConfig(_message.Message):
     WORD_TIMESTAMPS_FIELD_NUMBER: _builtins.int
     SAMPLE_RATE_HZ_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
+    HOTWORDS_FIELD_NUMBER: _builtins.int
+    LANGUAGES_FIELD_NUMBER: _builtins.int
     language: _builtins.str
     """ISO 639-1 code such as "en"; empty means detect the language."""
     beam_size: _builtins.int
@@ -79,6 +85,18 @@ class RecognitionConfig(_message.Message):
     """Must be 16000 (0 is taken as 16000)."""
     prompt: _builtins.str
     """Optional text to condition the decoder on (vocabulary, names)."""
+    @_builtins.property
+    def hotwords(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Phrases to favour (names, product words, jargon): Whisper is prompted with them, in every 30 s
+        window, before `prompt`. At most 200 phrases of at most 100 characters each.
+        """
+
+    @_builtins.property
+    def languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With `language` empty: the languages the detected one must be among (ISO 639-1 codes the model
+        knows, at most 100); the most probable of them is taken. Empty: any language the model knows.
+        """
+
     def __init__(
         self,
         *,
@@ -88,10 +106,12 @@ class RecognitionConfig(_message.Message):
         word_timestamps: _builtins.bool = ...,
         sample_rate_hz: _builtins.int = ...,
         prompt: _builtins.str = ...,
+        hotwords: _abc.Iterable[_builtins.str] | None = ...,
+        languages: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beam_size", b"beam_size", "language", b"language", "n_best", b"n_best", "prompt", b"prompt", "sample_rate_hz", b"sample_rate_hz", "word_timestamps", b"word_timestamps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beam_size", b"beam_size", "hotwords", b"hotwords", "language", b"language", "languages", b"languages", "n_best", b"n_best", "prompt", b"prompt", "sample_rate_hz", b"sample_rate_hz", "word_timestamps", b"word_timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -135,6 +155,8 @@ class EdgeContext(_message.Message):
     REASON_DETAIL_FIELD_NUMBER: _builtins.int
     EDGE_MODEL_FIELD_NUMBER: _builtins.int
     IS_FINAL_FIELD_NUMBER: _builtins.int
+    HOTWORDS_FIELD_NUMBER: _builtins.int
+    OTHER_LANGUAGE_FIELD_NUMBER: _builtins.int
     utterance_id: _builtins.str
     confidence: _builtins.float
     """The edge's confidence in its best hypothesis, 0..1."""
@@ -145,9 +167,19 @@ class EdgeContext(_message.Message):
     """Which edge model produced `n_best`."""
     is_final: _builtins.bool
     """True when `n_best` comes from the final edge decode, false for a pilot."""
+    other_language: _builtins.bool
+    """The edge judged the speech not to be English (its models are English-only): the request asks the
+    cloud to detect the language. Here too so that a queued escalation is retried the same way.
+    """
     @_builtins.property
     def n_best(self) -> _containers.RepeatedCompositeFieldContainer[Global___EdgeHypothesis]:
         """Best first."""
+
+    @_builtins.property
+    def hotwords(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The edge session's hotwords (its own, then the edge's defaults); the cloud adds them after
+        `RecognitionConfig.hotwords`. Here rather than in the config so that a queued escalation keeps them.
+        """
 
     def __init__(
         self,
@@ -159,10 +191,12 @@ class EdgeContext(_message.Message):
         reason_detail: _builtins.str = ...,
         edge_model: _builtins.str = ...,
         is_final: _builtins.bool = ...,
+        hotwords: _abc.Iterable[_builtins.str] | None = ...,
+        other_language: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "edge_model", b"edge_model", "is_final", b"is_final", "n_best", b"n_best", "reason", b"reason", "reason_detail", b"reason_detail", "utterance_id", b"utterance_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "edge_model", b"edge_model", "hotwords", b"hotwords", "is_final", b"is_final", "n_best", b"n_best", "other_language", b"other_language", "reason", b"reason", "reason_detail", b"reason_detail", "utterance_id", b"utterance_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -80,8 +80,9 @@ class FakeModel:
             punctuation=self.punctuation,
         )
 
-    def create_stream(self) -> FakeStream:
+    def create_stream(self, hotwords: Sequence[str] = ()) -> FakeStream:
         stream = FakeStream(self, len(self.streams) + 1)
+        stream.hotwords = tuple(hotwords)
         self.streams.append(stream)
         return stream
 
@@ -98,6 +99,8 @@ class FakeStream:
         self._size = 0
         self._consumed = 0
         self._last: Decoded | None = None
+        self.hotwords: tuple[str, ...] = ()
+        """The phrases the stream was created with."""
 
     @property
     def samples(self) -> int:

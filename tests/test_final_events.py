@@ -67,6 +67,7 @@ def test_final_event_from_the_edge() -> None:
     event = events.final(SPAN, EDGE, events.NO_CLOUD, "edge", None, 0.25, 0.0504)
     assert event == {
         "type": "final", "utterance_id": "s-1", "text": "go forward", "confidence": 0.4, "source": "edge",
+        "transcribed": True, "language": "en",
         "escalated": False, "reason": None, "edge_confidence": 0.4, "cloud_confidence": None,
         "edge_text": "go forward", "cloud_text": None, "cloud_pending": False,
         "words": [
@@ -99,7 +100,8 @@ def test_correction_keeps_the_likelier_text() -> None:
     better = events.correction("s-1", "go for word", 0.8, "go forward", 0.1)
     assert better == {
         "type": "correction", "utterance_id": "s-1", "text": "go forward", "source": "cloud",
-        "confidence": 0.9, "edge_confidence": 0.2, "cloud_confidence": 0.9, "cloud_text": "go forward",
+        "language": "en", "confidence": 0.9, "edge_confidence": 0.2, "cloud_confidence": 0.9,
+        "cloud_text": "go forward",
     }  # fmt: skip
     worse = events.correction("s-1", "go forward", 0.1, "go for word", 0.8)
     assert worse["text"] == "go forward" and worse["source"] == "edge" and worse["confidence"] == 0.9

@@ -439,6 +439,7 @@ def _config_valid(config: speech_pb2.RecognitionConfig) -> bool:
         and config.n_best <= MAX_N_BEST
         and config.beam_size <= 16
         and config.language in ("", "en", "de")
+        and all(code in ("en", "de") for code in config.languages)  # README: codes the model knows
     )
 
 

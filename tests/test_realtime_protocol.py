@@ -19,7 +19,10 @@ def test_update_sets_format_turns_and_hotwords() -> None:
                     "turn_detection": {"type": "server_vad", "silence_duration_ms": 300},
                     "transcription": {
                         "model": "gpt-4o-transcribe",
-                        "prompt": "Kubernetes, Dr. Okonkwo;\nTallinn",
+                        "prompt": (
+                            "Kubernetes, Dr.  Okonkwo;\nTallinn, a talk about clusters and the many people "
+                            "who run them"
+                        ),
                         "keywords": ["Okonkwo", "Kubernetes"],
                     },
                 }

@@ -129,7 +129,10 @@ class AsrModel(Protocol):
     @property
     def capabilities(self) -> Capabilities: ...
 
-    def create_stream(self) -> AsrStream: ...
+    def create_stream(self, hotwords: Sequence[str] = ()) -> AsrStream:
+        """A stream for one utterance; ``hotwords`` are phrases its decoding favours (names, jargon:
+        ``edge_agent.asr.hotwords``), each as the user writes it."""
+        ...
 
     def words(self, tokens: Sequence[TokenInfo]) -> list[tuple[str, float]]:
         """(word, confidence 0..1) per word of a hypothesis."""

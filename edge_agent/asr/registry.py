@@ -48,13 +48,16 @@ def _load_moonshine(spec: ModelSpec, settings: EdgeSettings) -> AsrModel:
         Path(settings.model_cache_dir),
         settings.intra_op_threads,
         settings.max_chunk_s,
+        settings.hotword_bonus,
     )
 
 
 def _load_conformer(spec: ModelSpec, settings: EdgeSettings) -> AsrModel:
     from edge_agent.asr.conformer.stream import load_conformer
 
-    return load_conformer(spec.path, settings.intra_op_threads, settings.conformer_head)
+    return load_conformer(
+        spec.path, settings.intra_op_threads, settings.conformer_head, settings.hotword_bonus
+    )
 
 
 FAMILIES: dict[str, Family] = {

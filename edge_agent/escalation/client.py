@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -185,7 +185,9 @@ class CloudClient:
         *,
         stream_max_s: float = 300.0,
         credentials: grpc.ChannelCredentials | None = None,
+        languages: Sequence[str] = (),
     ) -> None:
+        """``languages``: the allow-list the cloud detects other-language speech among (empty: any)."""
         if deadline_s <= 0:
             raise ValueError("deadline_s must be positive")
         if not target:
@@ -199,13 +201,22 @@ class CloudClient:
         # per-answer deadline); it stops a forgotten stream from holding a server slot forever.
         self._stream_max_s = stream_max_s
         self._credentials = credentials
+        self._languages = list(languages)
         self._channel: grpc.aio.Channel | None = None
         self._stub: CloudRecognizerAsyncStub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def config(self) -> speech_pb2.RecognitionConfig:
+    def config(self, context: speech_pb2.EdgeContext | None = None) -> speech_pb2.RecognitionConfig:
+        """English, the language of the edge models; for speech the edge judged another language
+        (``context.other_language``, kept in queued escalations too) no language: the cloud detects it
+        among the allow-list."""
+        other = context is not None and context.other_language
         return speech_pb2.RecognitionConfig(
-            language="en", n_best=self._n_best, word_timestamps=True, sample_rate_hz=SAMPLE_RATE_HZ
+            language="" if other else "en",
+            languages=self._languages if other else [],
+            n_best=self._n_best,
+            word_timestamps=True,
+            sample_rate_hz=SAMPLE_RATE_HZ,
         )
 
     async def recognize(
@@ -215,7 +226,7 @@ class CloudClient:
         deadline = self._deadline_s if deadline_s is None else deadline_s
         stub = self._get_stub()
         self._admit()
-        request = speech_pb2.RecognizeRequest(config=self.config(), audio=audio, context=context)
+        request = speech_pb2.RecognizeRequest(config=self.config(context), audio=audio, context=context)
         started = time.monotonic()
         try:
             response = await stub.Recognize(request, timeout=deadline, metadata=self._metadata())
@@ -235,7 +246,7 @@ class CloudClient:
         stub = self._get_stub()
         self._admit()
         first = speech_pb2.StreamingRecognizeRequest(
-            streaming_config=speech_pb2.StreamingConfig(config=self.config(), context=context)
+            streaming_config=speech_pb2.StreamingConfig(config=self.config(context), context=context)
         )
         return CloudStream(self, stub, first, context.utterance_id)
 

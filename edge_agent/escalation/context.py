@@ -18,6 +18,7 @@ _REASONS = {
     Reason.DECODE_STOPPED: speech_pb2.LOW_CONFIDENCE,
     Reason.LONG_UTTERANCE: speech_pb2.LONG_UTTERANCE,
     Reason.FORCED: speech_pb2.FORCED,
+    Reason.LANGUAGE: speech_pb2.LANGUAGE,
 }
 
 
@@ -29,8 +30,10 @@ def edge_context(
     edge_model: str,
     final: bool,
     alternatives: Sequence[Hypothesis] = (),
+    hotwords: Sequence[str] = (),
 ) -> speech_pb2.EdgeContext:
-    """The edge's best hypothesis (with its calibrated confidence) and its n-best alternatives."""
+    """The edge's best hypothesis (with its calibrated confidence), its n-best alternatives, and the
+    session's hotwords (the cloud biases its decode with them too)."""
     logprob = float(sum(t.logprob for t in decoded.tokens))
     n_best = [speech_pb2.EdgeHypothesis(text=decoded.text, confidence=1.0 - p_wrong, log_prob=logprob)]
     # Beam alternatives carry their log-prob; only the greedy best has a calibrated confidence.
@@ -47,4 +50,5 @@ def edge_context(
         reason_detail=reason.value,
         edge_model=edge_model,
         is_final=final,
+        hotwords=list(hotwords),
     )

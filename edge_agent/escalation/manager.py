@@ -38,6 +38,7 @@ class Escalator:
             settings.cloud_n_best,
             self.breaker,
             credentials=channel_credentials(settings),
+            languages=settings.languages,
         )
         self.queue = EscalationQueue(settings.queue_path, settings.queue_max_items, settings.queue_max_age_s)
         self.retry = RetryWorker(

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.websockets import WebSocketState
 
 from edge_agent import __version__, events
+from edge_agent.asr.hotwords import validate_hotwords
 from edge_agent.audio.convert import AudioFormatError
 from edge_agent.recognizer import Recognizer
 from edge_agent.server import page
@@ -272,7 +273,12 @@ class StreamConnection:
             self._error("bad_start", "encoding must be pcm_s16le or f32le")
             return
         try:
-            self.session = Session(self.rec, rate, encoding)
+            hotwords = validate_hotwords(msg.get("hotwords", []))
+        except ValueError as exc:
+            self._error("bad_start", str(exc))
+            return
+        try:
+            self.session = Session(self.rec, rate, encoding, hotwords=hotwords)
         except AudioFormatError as exc:
             self._error("bad_start", str(exc))
             return

@@ -150,6 +150,7 @@ class RealtimeConnection(StreamConnection):
             turn_detection=config.turn_detection,
             vad_events=True,
             min_silence_ms=config.silence_ms,
+            hotwords=config.hotwords,
         )
         self.session, self._applied = session, config
         self.rec.sessions[session.id] = session

@@ -56,9 +56,10 @@ class TranscriptionConfig:
 
     @property
     def hotwords(self) -> tuple[str, ...]:
-        """``keywords`` and the phrases of ``prompt`` (split at commas, semicolons, newlines)."""
-        phrases = list(self.keywords) + [p.strip() for p in _PROMPT_SPLIT.split(self.prompt)]
-        unique = dict.fromkeys(p for p in phrases if p)
+        """``keywords`` and the phrases of ``prompt`` (split at commas, semicolons, newlines); a prompt's
+        phrase longer than a hotword may be (a sentence of context, not a name) is left out."""
+        phrases = list(self.keywords) + [" ".join(p.split()) for p in _PROMPT_SPLIT.split(self.prompt)]
+        unique = dict.fromkeys(p for p in phrases if p and len(p) <= MAX_HOTWORD_CHARS)
         return tuple(unique)[:MAX_HOTWORDS]
 
     def session(self, default_silence_ms: int, threshold: float) -> dict[str, Any]:

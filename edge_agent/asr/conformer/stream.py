@@ -24,22 +24,28 @@ from edge_agent.asr.conformer.ctc import CtcGreedy, prefix_beam_search
 from edge_agent.asr.conformer.features import StreamingFeatures, log_mel_from
 from edge_agent.asr.conformer.onnx_model import CacheState, Head, NemoStreamingModel
 from edge_agent.asr.conformer.transducer import TdtGreedy, TransducerGreedy
+from edge_agent.asr.hotwords import ContextGraph, GraphCache, spellings, token_variants
 from edge_agent.asr.interface import Capabilities, Decoded, Hypothesis, StopCheck, TokenInfo, YieldCheck
 from edge_agent.asr.utterance_audio import UtteranceAudio
 
 HOP = 160
 KEPT_STATES = 12
 """Encoder states kept per stream to restart a final from (12 steps of 320 ms: ~4 s)."""
+HOTWORD_BONUS = 4.0
+"""Log-prob added to a token that continues a hotword, tuned on held-apart sentences and voices
+(``scripts/bench_hotwords.py``, BENCHMARKS.md)."""
 
 
 FrameDecoder = CtcGreedy | TransducerGreedy
 """Greedy search over the encoder step's frames: CTC log-probs, or transducer encoder outputs."""
 
 
-def new_decoder(model: NemoStreamingModel) -> FrameDecoder:
+def new_decoder(model: NemoStreamingModel, hotwords: ContextGraph | None = None) -> FrameDecoder:
     if model.head == "ctc":
-        return CtcGreedy(model.vocabulary.blank)
-    return TdtGreedy(model) if model.durations else TransducerGreedy(model)
+        return CtcGreedy(model.vocabulary.blank, hotwords)
+    if model.durations:
+        return TdtGreedy(model, hotwords=hotwords)
+    return TransducerGreedy(model, hotwords=hotwords)
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,14 @@ class ConformerRecognizer:
     """``AsrModel`` over a NeMo streaming export, CTC or transducer head (shared; streams hold all
     per-utterance state). The n-best comes from CTC prefix beam search; the transducer head has none."""
 
-    def __init__(self, model: NemoStreamingModel, name: str, beam: int = 8) -> None:
+    def __init__(
+        self, model: NemoStreamingModel, name: str, beam: int = 8, hotword_bonus: float = HOTWORD_BONUS
+    ) -> None:
         self.onnx = model
         self._name = name
         self.beam = beam
+        self.hotword_bonus = hotword_bonus
+        self._graphs = GraphCache(self._graph)
         self._caps = Capabilities(
             native_streaming=True,
             chunk_samples=model.geometry.chunk_samples,
@@ -73,8 +83,18 @@ class ConformerRecognizer:
     def capabilities(self) -> Capabilities:
         return self._caps
 
-    def create_stream(self) -> ConformerStream:
-        return ConformerStream(self)
+    def create_stream(self, hotwords: Sequence[str] = ()) -> ConformerStream:
+        return ConformerStream(self, self._graphs.get(hotwords))
+
+    def _graph(self, phrases: Sequence[str]) -> ContextGraph | None:
+        if self.hotword_bonus <= 0:
+            return None
+        return ContextGraph(token_variants(phrases, self.phrase_tokens), self.hotword_bonus)
+
+    def phrase_tokens(self, phrase: str) -> list[list[int]]:
+        """The token sequences the model may emit for a phrase: each spelling in the vocabulary's
+        characters (a lower-case model has one)."""
+        return [self.onnx.vocabulary.encode(form) for form in spellings(phrase)]
 
     def words(self, tokens: Sequence[TokenInfo]) -> list[tuple[str, float]]:
         """(word, exp(mean token log-prob)) per word; words begin at "▁" pieces."""
@@ -88,9 +108,10 @@ class ConformerRecognizer:
 
 
 class ConformerStream:
-    def __init__(self, rec: ConformerRecognizer) -> None:
+    def __init__(self, rec: ConformerRecognizer, hotwords: ContextGraph | None = None) -> None:
         self.rec = rec
         self.model = rec.onnx
+        self.hotwords = hotwords
         self._audio = UtteranceAudio()
         # Inference-thread state from here on.
         self._fed = 0  # samples of _audio turned into feature frames
@@ -98,7 +119,7 @@ class ConformerStream:
         self._frames: list[np.ndarray] = []  # exact feature frames not yet behind the current window
         self._frame_base = 0  # global index of _frames[0]
         self._state = self.model.initial_state()
-        self._greedy: FrameDecoder = new_decoder(self.model)
+        self._greedy: FrameDecoder = new_decoder(self.model, hotwords)
         self._steps = 0
         self._checkpoints: deque[_Checkpoint] = deque(maxlen=KEPT_STATES)
         self._checkpoints.append(_Checkpoint(0, self._state, self._greedy.copy()))
@@ -212,6 +233,8 @@ class ConformerStream:
             ):
                 stopped = True
                 break
+        if not stopped:
+            greedy.settle()  # the utterance ends here: a phrase the hotword bonus began must be finished
         self._last_logprobs = greedy.logprobs() if isinstance(greedy, CtcGreedy) else None
         return self._decoded(greedy, end, not stopped, stopped)
 
@@ -219,7 +242,9 @@ class ConformerStream:
         if self._last_logprobs is None or n <= 0 or len(self._last_logprobs) == 0:
             return []
         vocab = self.model.vocabulary
-        beams = prefix_beam_search(self._last_logprobs, vocab.blank, beam=max(self.rec.beam, n), n_best=n)
+        beams = prefix_beam_search(
+            self._last_logprobs, vocab.blank, beam=max(self.rec.beam, n), n_best=n, hotwords=self.hotwords
+        )
         return [Hypothesis(ids, vocab.decode(ids), logprob) for ids, logprob in beams]
 
 
@@ -227,10 +252,14 @@ BUNDLED = Path(__file__).resolve().parents[2] / "models" / "conformer-small"
 BUNDLED_NAME = "conformer-small"
 
 
-def load_conformer(directory: Path | None, threads: int, head: Head = "auto") -> ConformerRecognizer:
+def load_conformer(
+    directory: Path | None, threads: int, head: Head = "auto", hotword_bonus: float | None = None
+) -> ConformerRecognizer:
     """The bundled conformer (``directory`` None) or a NeMo streaming export in ``directory``; ``head``
-    picks CTC or transducer where a hybrid model ships both (``auto``: the transducer when present)."""
+    picks CTC or transducer where a hybrid model ships both (``auto``: the transducer when present);
+    ``hotword_bonus`` None is the tuned ``HOTWORD_BONUS``."""
     model = NemoStreamingModel(BUNDLED if directory is None else directory, threads, head)
     name = BUNDLED_NAME if directory is None else f"conformer:{directory.resolve().name}"
     # A calibration belongs to one head: the transducer's confidences are not the CTC head's.
-    return ConformerRecognizer(model, name if model.head == "ctc" else f"{name}+rnnt")
+    bonus = HOTWORD_BONUS if hotword_bonus is None else hotword_bonus
+    return ConformerRecognizer(model, name if model.head == "ctc" else f"{name}+rnnt", hotword_bonus=bonus)

@@ -81,6 +81,10 @@ class MoonshineModel:
     def starts_word(self, token: int) -> bool:
         return self._text.starts_word(token)
 
+    def encode_text(self, text: str, word_start: bool = True) -> list[int]:
+        """Token ids of ``text`` (``word_start``: as a new word, after "▁")."""
+        return self._text.encode(text, word_start)
+
     def _run(
         self, encoded: Encoded, ids: np.ndarray, cache: MoonshineCache | None
     ) -> tuple[np.ndarray, MoonshineCache]:

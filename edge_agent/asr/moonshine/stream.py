@@ -4,7 +4,8 @@ Moonshine has no streaming encoder, so a pilot (``advance``) re-encodes the utte
 decodes it, verifying the previous pilot's tokens in one parallel decoder pass first; the final does the
 same on the audio up to the endpoint, so after the endpoint only the encoder, one verification pass and
 the tail of the decode remain. Audio past ``max_chunk_s`` is split at quiet points and decoded piece by
-piece (Moonshine hallucinates past ~30 s).
+piece (Moonshine hallucinates past ~30 s). A stream created with hotwords biases its pilots, finals and
+n-best towards them (``edge_agent.asr.hotwords``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.asr.hotwords import ContextGraph, GraphCache, spellings, token_variants
 from edge_agent.asr.interface import (
     Capabilities,
     Decoded,
@@ -31,14 +33,21 @@ from edge_agent.asr.utterance_audio import UtteranceAudio
 from edge_agent.audio.segmenter import split_long
 
 RATE = 16000
+HOTWORD_BONUS = 5.0
+"""Log-prob added to a token that continues a hotword, tuned on held-apart sentences and voices
+(``scripts/bench_hotwords.py``, BENCHMARKS.md)."""
 
 
 class MoonshineRecognizer:
     """The shared Moonshine model as an ``AsrModel``."""
 
-    def __init__(self, model: MoonshineModel, max_chunk_s: float = 25.0) -> None:
+    def __init__(
+        self, model: MoonshineModel, max_chunk_s: float = 25.0, hotword_bonus: float = HOTWORD_BONUS
+    ) -> None:
         self.model = model
         self.max_chunk_s = max_chunk_s
+        self.hotword_bonus = hotword_bonus
+        self._graphs = GraphCache(self._graph)
         self._capabilities = Capabilities(
             native_streaming=False,
             chunk_samples=0,
@@ -56,16 +65,28 @@ class MoonshineRecognizer:
     def capabilities(self) -> Capabilities:
         return self._capabilities
 
-    def create_stream(self) -> MoonshineStream:
-        return MoonshineStream(self)
+    def create_stream(self, hotwords: Sequence[str] = ()) -> MoonshineStream:
+        return MoonshineStream(self, self._graphs.get(hotwords))
+
+    def _graph(self, phrases: Sequence[str]) -> ContextGraph | None:
+        if self.hotword_bonus <= 0:
+            return None
+        return ContextGraph(token_variants(phrases, self.phrase_tokens), self.hotword_bonus)
+
+    def phrase_tokens(self, phrase: str) -> list[list[int]]:
+        """The token sequences Moonshine may emit for a phrase: each spelling (``spellings``) as a word
+        of its own (after "▁") and glued to what comes before (after a hyphen or a quote)."""
+        encode = self.model.encode_text
+        return [encode(form, word_start) for form in spellings(phrase) for word_start in (True, False)]
 
     def words(self, tokens: Sequence[TokenInfo]) -> list[tuple[str, float]]:
         return words_of(self.model, tokens)
 
 
 class MoonshineStream:
-    def __init__(self, recognizer: MoonshineRecognizer) -> None:
+    def __init__(self, recognizer: MoonshineRecognizer, hotwords: ContextGraph | None = None) -> None:
         self._rec = recognizer
+        self._hotwords = hotwords
         self._audio = UtteranceAudio()
         self._pilot: Decoded | None = None
         """The latest pilot: the next pilot and the final verify its tokens."""
@@ -84,7 +105,9 @@ class MoonshineStream:
         audio = self._audio.read()
         encoded = model.encode(audio)
         prior = self._pilot.ids if self._pilot is not None else ()
-        decoded = greedy_decode(model, encoded, pilot=prior, stop=lambda _: should_yield())
+        decoded = greedy_decode(
+            model, encoded, pilot=prior, stop=lambda _: should_yield(), hotwords=self._hotwords
+        )
         if not decoded.finished and should_yield():
             return None  # gave way to a final; a half pilot is not worth publishing
         self._pilot = dataclasses.replace(decoded, samples=len(audio))
@@ -107,7 +130,9 @@ class MoonshineStream:
             def piece_stop(new: Sequence[TokenInfo], done: list[TokenInfo] = done) -> bool:
                 return stop is not None and stop([*done, *new])
 
-            decoded = greedy_decode(model, encoded, pilot=pilot if i == 0 else (), stop=piece_stop)
+            decoded = greedy_decode(
+                model, encoded, pilot=pilot if i == 0 else (), stop=piece_stop, hotwords=self._hotwords
+            )
             tokens.extend(decoded.tokens)
             reused += decoded.reused_tokens
             calls += decoded.decoder_calls
@@ -122,16 +147,22 @@ class MoonshineStream:
     def n_best(self, n: int) -> list[Hypothesis]:
         if self._final_encoded is None:
             return []
-        return beam_nbest(self._rec.model, self._final_encoded, beam=n, n_best=n)
+        return beam_nbest(self._rec.model, self._final_encoded, beam=n, n_best=n, hotwords=self._hotwords)
 
 
 def load_moonshine(
-    model_dir: Path | None, cache_dir: Path, threads: int, max_chunk_s: float
+    model_dir: Path | None,
+    cache_dir: Path,
+    threads: int,
+    max_chunk_s: float,
+    hotword_bonus: float | None = None,
 ) -> MoonshineRecognizer:
-    """Moonshine base with graphs rebuilt for onnxruntime's optimizer (cached after the first start)."""
+    """Moonshine base with graphs rebuilt for onnxruntime's optimizer (cached after the first start);
+    ``hotword_bonus`` None is the tuned ``HOTWORD_BONUS``."""
     source = model_dir if model_dir is not None else default_model_dir()
     files = ensure_onnx_models(source, cache_dir)
     model = MoonshineModel(
         MoonshineFiles(files.encoder, files.decoder, source / "tokenizer.bin"), threads=threads
     )
-    return MoonshineRecognizer(model, max_chunk_s)
+    bonus = HOTWORD_BONUS if hotword_bonus is None else hotword_bonus
+    return MoonshineRecognizer(model, max_chunk_s, bonus)
