@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEFAULT_HOTWORD_PROMPT_TOKENS = 96
+"""How much of Whisper's prompt a hotword list may fill (``WhisperEngine.hotword_prompt``)."""
+
 
 @dataclass(frozen=True)
 class Word:

@@ -79,6 +79,7 @@ class CloudRuntime:
             compute_type=self.settings.compute_type,
             cpu_threads=self.settings.cpu_threads,
             workers=self.settings.workers,
+            hotword_prompt_tokens=self.settings.hotword_prompt_tokens,
         )
         log.info(
             "model %s loaded from %s in %.2f s", location.name, location.path, time.perf_counter() - started

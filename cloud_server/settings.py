@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cloud_server.results import DEFAULT_HOTWORD_PROMPT_TOKENS
+
 
 class CloudSettings(BaseSettings):
     """Everything the cloud server can be told. Injected into factories, never read globally."""
@@ -38,6 +40,10 @@ class CloudSettings(BaseSettings):
     retry_after_s: int = Field(default=2, ge=1, le=3600)
     """Retry-After sent with a refusal for overload."""
 
+    hotword_prompt_tokens: int = Field(default=DEFAULT_HOTWORD_PROMPT_TOKENS, ge=0, le=223)
+    """Tokens of Whisper's prompt a request's hotwords may fill: phrases are kept in the order given
+    while they fit (0: the whole 223-token prompt). Longer lists make Whisper hear names in ordinary
+    speech."""
     beam_size: int = Field(default=5, ge=1, le=16)
     """Default beam width."""
     max_n_best: int = Field(default=5, ge=1, le=16)

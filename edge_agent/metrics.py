@@ -27,6 +27,11 @@ class EdgeMetrics:
         self.corrections = Counter("edge_corrections", "Late cloud answers delivered", registry=self.registry)
         self.queue_depth = Gauge("edge_queue_depth", "Escalations waiting on disk", registry=self.registry)
         self.queue_depth.set_function(queue_depth)
+        self.escalation_threshold = Gauge(
+            "edge_escalation_threshold",
+            "P(edge wrong) above which a final escalates (moves with a target offload rate)",
+            registry=self.registry,
+        )
         self.sessions = Gauge("edge_sessions", "Open WebSocket sessions", registry=self.registry)
         self.sessions.set_function(sessions)
         self.inference_seconds = Counter(

@@ -83,10 +83,14 @@ class OfframpPolicy:
         speech_ratio: float,
         agreement: float,
         finished: bool,
+        threshold: float | None = None,
     ) -> Decision:
+        """After the final decode; ``threshold`` replaces the policy's (a target offload's, which follows
+        the recent traffic: ``edge_agent.offload``)."""
         feats = edge_features(tokens, audio_s, speech_ratio, agreement, finished)
         p = self.calibration.final.probability(feats)
-        return Decision(p > self.threshold, p, Reason.LOW_CONFIDENCE if p > self.threshold else None)
+        limit = self.threshold if threshold is None else threshold
+        return Decision(p > limit, p, Reason.LOW_CONFIDENCE if p > limit else None)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from edge_agent.audio.vad import SileroVad, VadModel
 from edge_agent.confidence import Calibration
 from edge_agent.language import LanguagePolicy, language_policy
 from edge_agent.metrics import EdgeMetrics
+from edge_agent.offload import OffloadTarget
 from edge_agent.offramp import OfframpPolicy
 from edge_agent.settings import EdgeSettings
 from edge_agent.worker import InferenceWorker
@@ -38,11 +39,16 @@ class Recognizer:
         self.policy = OfframpPolicy.from_calibration(
             self.calibration, settings.escalation_threshold, settings.target_offload_rate
         )
+        self.offload: OffloadTarget | None = None
+        """With a target offload rate, the threshold that holds it on the recent traffic."""
+        if settings.target_offload_rate is not None:
+            self.offload = OffloadTarget(settings.target_offload_rate, self.policy.threshold)
         self.language: LanguagePolicy | None = language_policy(self.model.name, settings.languages)
         """The language offramp (None: off, every utterance is taken as English)."""
         self.escalator: Escalator | None = None
         self.sessions: dict[str, Session] = {}
         self.metrics = EdgeMetrics(self._queue_depth, lambda: float(len(self.sessions)))
+        self.metrics.escalation_threshold.set(self.policy.threshold)
         self.worker = InferenceWorker(
             lambda kind, seconds: self.metrics.inference_seconds.labels(kind).inc(seconds)
         )

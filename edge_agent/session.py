@@ -309,7 +309,11 @@ class Session:
         s = self.rec.settings
         duration = (end - utt.start) / RATE
         speech_ratio, agreement = self._speech_ratio(utt.start, end), self._agreement(d, utt.pilot)
-        decision = self.rec.policy.at_final(d.tokens, duration, speech_ratio, agreement, d.finished)
+        offload = self.rec.offload
+        threshold = offload.threshold() if offload is not None else None
+        decision = self.rec.policy.at_final(
+            d.tokens, duration, speech_ratio, agreement, d.finished, threshold
+        )
         language = ENGLISH_ONLY
         if self.rec.language is not None:
             verdict = self.rec.language.at_final(d.tokens, duration, speech_ratio, agreement, d.finished)
@@ -525,6 +529,11 @@ class Session:
         duration = (end - utt.start) / RATE
         s = self.rec.settings
         plan = self._plan(utt, d, end)
+        if self.rec.offload is not None and plan.edge_usable:
+            # Every English final moves the target offload's threshold, escalated or not; a decode the
+            # offramp stopped counts as P(wrong) 1: it was above any threshold.
+            self.rec.offload.observe(plan.p_edge)
+            self.rec.metrics.escalation_threshold.set(self.rec.offload.threshold())
         cloud = events.NO_CLOUD
         p_edge, edge_usable = plan.p_edge, plan.edge_usable
         if plan.escalate:

@@ -130,7 +130,9 @@ class EdgeSettings(BaseSettings):
     escalation_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     """Escalate when P(edge wrong) is above this; default: from the calibration file."""
     target_offload_rate: float | None = Field(default=None, ge=0.0, le=1.0)
-    """Derive the threshold so this fraction of utterances escalates (overrides the calibrated one)."""
+    """Escalate this share of utterances for low confidence, on the traffic the agent hears: the threshold
+    is the P(edge wrong) this share of the last 200 finals exceeded (from the calibration set until 20
+    were seen). Overrides the calibrated threshold; early and stop thresholds stay calibrated."""
 
     # -- other languages ---------------------------------------------------------------------
     languages: Annotated[tuple[str, ...], NoDecode] = DEFAULT_LANGUAGES

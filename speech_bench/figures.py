@@ -167,6 +167,31 @@ def sweep_at(records: Sequence[Record], thresholds: Sequence[float]) -> list[Swe
     return out
 
 
+def target_replay(records: Sequence[Record], rate: float, fallback: float) -> SweepPoint:
+    """The agent's target offload rate (``edge_agent.offload``) replayed over the records in their order:
+    each utterance escalates when its P(edge wrong) is above the threshold the ones before it set (the
+    calibration set's ``fallback`` until enough were seen), and keeps the likelier of edge and cloud.
+    ``threshold`` is where it ended."""
+    from edge_agent.offload import OffloadTarget
+
+    target = OffloadTarget(rate, fallback)
+    e = words = escalated = seen = 0
+    for r in records:
+        if r.edge_p_wrong is None:
+            continue
+        edge_e, n = errors(r.utterance.text, r.edge_text)
+        cloud_e, _ = errors(r.utterance.text, r.cloud_text)
+        seen, words = seen + 1, words + n
+        if r.edge_p_wrong > target.threshold():
+            escalated += 1
+            better = r.cloud_p_wrong is not None and r.cloud_p_wrong < r.edge_p_wrong
+            e += cloud_e if better else edge_e
+        else:
+            e += edge_e
+        target.observe(r.edge_p_wrong)
+    return SweepPoint(target.threshold(), e / max(1, words), escalated / max(1, seen))
+
+
 def sweep(records: Sequence[Record], points: int = 60) -> list[SweepPoint]:
     """The sweep over thresholds at quantiles of the recorded P(edge wrong), plus 0 and 1."""
     scores = [r.edge_p_wrong for r in records if r.edge_p_wrong is not None]

@@ -131,7 +131,7 @@ def test_page_transcribes_the_microphone_in_chromium(
 
 
 # What a scripted agent sends once audio flows: an escalated final whose cloud answer is pending, a plain
-# one, the pending one's correction, and an error.
+# one, the pending one's correction (in another language), a final not transcribed, and an error.
 _SCRIPT: list[dict[str, Any]] = [
     {"type": "partial", "utterance_id": "u1", "text": "the edge", "start": 0.2, "end": 0.9},
     {
@@ -144,6 +144,7 @@ _SCRIPT: list[dict[str, Any]] = [
         "reason": "low_confidence",
         "cloud_pending": True,
         "latency_ms": 812.4,
+        "language": "en",
     },
     {"type": "partial", "utterance_id": "u2", "text": "turn it", "start": 2.0, "end": 2.6},
     {
@@ -156,13 +157,28 @@ _SCRIPT: list[dict[str, Any]] = [
         "reason": None,
         "cloud_pending": False,
         "latency_ms": 431.0,
+        "language": "en",
     },
     {
         "type": "correction",
         "utterance_id": "u1",
-        "text": "the cloud's answer",
+        "text": "la respuesta de la nube",
         "source": "cloud",
         "confidence": 0.88,
+        "language": "es",
+    },
+    {  # speech judged not English, kept on the device (EDGE_OTHER_LANGUAGES_TO_CLOUD=false)
+        "type": "final",
+        "utterance_id": "u3",
+        "text": "",
+        "transcribed": False,
+        "language": "und",
+        "confidence": 0.12,
+        "source": "edge",
+        "escalated": False,
+        "reason": "language",
+        "cloud_pending": False,
+        "latency_ms": 520.0,
     },
     {"type": "error", "code": "bad_audio", "message": "binary frames must hold whole samples"},
 ]
@@ -185,7 +201,7 @@ def test_page_shows_escalations_corrections_and_errors(edge: ThreadedEdge) -> No
                     for event in _SCRIPT:
                         ws.send(json.dumps(event))
             elif json.loads(message)["type"] == "stop":
-                ws.send(json.dumps({"type": "end", "utterances": 2}))
+                ws.send(json.dumps({"type": "end", "utterances": 3}))
                 ws.close()
 
         ws.on_message(on_message)
@@ -199,7 +215,7 @@ def test_page_shows_escalations_corrections_and_errors(edge: ThreadedEdge) -> No
         finals = [
             {
                 field: item.locator(f".{field}").inner_text()
-                for field in ("text", "confidence", "source", "escalated", "latency")
+                for field in ("text", "confidence", "source", "language", "escalated", "latency")
             }
             for item in page.locator("#finals li").all()
         ]
@@ -211,9 +227,10 @@ def test_page_shows_escalations_corrections_and_errors(edge: ThreadedEdge) -> No
 
     assert finals == [
         {
-            "text": "the cloud's answer",
+            "text": "la respuesta de la nube",
             "confidence": "88 %",
             "source": "cloud",
+            "language": "es",
             "escalated": "yes (low_confidence)",  # answered: no longer pending
             "latency": "812 ms",
         },
@@ -221,13 +238,22 @@ def test_page_shows_escalations_corrections_and_errors(edge: ThreadedEdge) -> No
             "text": "turn it up",
             "confidence": "93 %",
             "source": "edge",
+            "language": "en",
             "escalated": "no",
             "latency": "431 ms",
+        },
+        {
+            "text": "(not transcribed: another language)",
+            "confidence": "12 %",
+            "source": "edge",
+            "language": "und",
+            "escalated": "no",
+            "latency": "520 ms",
         },
     ]
     assert partial == ""  # its utterance's final replaced it
     assert errors == ["bad_audio: binary frames must hold whole samples"]
-    assert status == "Stopped: 2 utterance(s)."
+    assert status == "Stopped: 3 utterance(s)."
     assert not problems, problems
 
     assert len(urls) == 1 and urls[0].startswith("ws://") and urls[0].endswith(f"/v1/stream?token={TOKEN}")

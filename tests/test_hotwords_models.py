@@ -167,3 +167,28 @@ def test_start_message_hotwords_reach_the_cloud_through_the_edge(
         assert _spelled(bench, finals["without"]) == [], finals
     finally:
         edge.stop()
+
+
+def test_whisper_prompt_keeps_the_phrases_that_fit_its_budget(model_cache: str) -> None:
+    from cloud_server.engine import WhisperEngine
+    from cloud_server.model_store import resolve_model
+
+    engine = WhisperEngine(
+        resolve_model("base", Path(model_cache)), compute_type="int8", cpu_threads=1, workers=1
+    )
+    phrases = ("Kubernetes", "Dr. Okonkwo", "Tallinn", "Michaelis Menten", "lidar")
+    whole = "Kubernetes, Dr. Okonkwo, Tallinn, Michaelis Menten, lidar"
+    assert engine.hotword_prompt(phrases) == whole  # a short list fits the default budget whole
+    assert engine.hotword_prompt(()) is None
+    # The budget counts the prompt's tokens: exactly the first two phrases fit, and a token short of
+    # the third still keeps two (phrases are never cut).
+    engine.hotword_prompt_tokens = engine._count_tokens("Kubernetes, Dr. Okonkwo")
+    assert engine.hotword_prompt(phrases) == "Kubernetes, Dr. Okonkwo"
+    engine.hotword_prompt_tokens = engine._count_tokens("Kubernetes, Dr. Okonkwo, Tallinn") - 1
+    assert engine.hotword_prompt(phrases) == "Kubernetes, Dr. Okonkwo"
+    engine.hotword_prompt_tokens = 2  # not even the first phrase fits: no prompt rather than a cut phrase
+    assert engine.hotword_prompt(("Michaelis Menten kinetics", "lidar")) is None
+    long_list = tuple(f"Zorblax {i}" for i in range(100))
+    engine.hotword_prompt_tokens = 0  # the whole prompt window (223 tokens) is the only limit
+    kept = (engine.hotword_prompt(long_list) or "").split(", ")
+    assert kept == list(long_list[: len(kept)]) and 30 < len(kept) < 100

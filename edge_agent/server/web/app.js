@@ -76,7 +76,11 @@ function formatPercent(value) {
 }
 
 function fillFinal(item, event) {
-  item.querySelector(".text").textContent = event.text || "(nothing recognized)";
+  let text = event.text || "(nothing recognized)";
+  // Speech judged not English that nothing transcribed (kept on the device, or the cloud not answering).
+  if (event.transcribed === false) text = "(not transcribed: another language)";
+  item.querySelector(".text").textContent = text;
+  item.querySelector(".language").textContent = event.language || "–";
   item.querySelector(".confidence").textContent = formatPercent(event.confidence);
   item.querySelector(".source").textContent = event.source;
   item.dataset.source = event.source;
