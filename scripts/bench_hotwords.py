@@ -423,7 +423,7 @@ def evaluate(
             )
         limit = tuning[0].ordinary.wer + MAX_REGRESSION
         allowed = [t for t in tuning[1:] if t.ordinary.wer <= limit] or tuning[1:2]
-        best = min(allowed, key=lambda t: t.hot.wer)
+        best = min(allowed, key=lambda t: (t.hot.wer, t.ordinary.wer))
         entry["prompt_tuning"], entry["prompt_tokens"] = tuning, int(best.bonus)
         chosen, tag = budget(int(best.bonus)), f"prompt-{int(best.bonus)}"
     else:
@@ -592,7 +592,7 @@ def render(report: dict[str, Any], seconds: float) -> str:
             "",
             "**Whisper's prompt budget**, on the same tuning clips: hotword-sentence recall / WER, and "
             "ordinary WER with the 100-phrase list, per budget; kept: the lowest hotword-sentence WER whose "
-            "ordinary WER is at most 0.5 points above no list:",
+            "ordinary WER is at most 0.5 points above no list (ties: the lower ordinary WER):",
             "",
             "| system | " + " | ".join(_budget(int(t.bonus)) for t in budgets) + " |",
             "|---|" + "---|" * len(budgets),
