@@ -12,10 +12,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from asr_common.logs import configure as configure_logging
 from cloud_server.model_store import ModelNotAvailableError
 from cloud_server.service import CloudServer
 from cloud_server.settings import CloudSettings
-from edge_agent.logs import configure as configure_logging
 
 log = logging.getLogger("cloud_server")
 

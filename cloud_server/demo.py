@@ -17,9 +17,9 @@ from pathlib import Path
 import grpc
 import httpx
 
+from asr_common.protos import speech_pb2, speech_pb2_grpc
+from asr_common.readiness import free_port, wait_ready
 from cloud_server.audio import decode_file
-from protos import speech_pb2, speech_pb2_grpc
-from speech_bench.services import free_port, wait_ready
 
 
 def main() -> None:

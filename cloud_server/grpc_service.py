@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from asr_common.protos import speech_pb2, speech_pb2_grpc
 from cloud_server.audio import InvalidAudioError, check_duration, pcm16_to_float
 from cloud_server.auth import bearer_ok
 from cloud_server.engine import EdgeCandidate, RequestCancelledError
@@ -21,7 +22,6 @@ from cloud_server.results import Recognition, RecognizeOptions
 from cloud_server.runtime import CloudRuntime, ModelNotReadyError
 from cloud_server.settings import CloudSettings
 from cloud_server.stream_pilots import StreamPilots
-from protos import speech_pb2, speech_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = speech_pb2.DESCRIPTOR.services_by_name["CloudRecognizer"].full_name

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from protos import speech_pb2
+from asr_common.protos import speech_pb2
 
 
 def utterance_key(

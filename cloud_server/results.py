@@ -1,4 +1,4 @@
-"""Typed results of the cloud engine; protos/speech.proto mirrors them."""
+"""Typed results of the cloud engine; asr_common/protos/speech.proto mirrors them."""
 
 from __future__ import annotations
 

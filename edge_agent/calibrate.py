@@ -2,11 +2,11 @@
 
 For every clip, through the edge model's stream interface (any ``EDGE_MODEL``): a stream takes a
 seeded 55-80 % prefix and advances (the pilot), then the rest and finalizes (the final, verifying the
-pilot), and Whisper (the cloud's engine, in-process) decodes the clip. Labels: a result is wrong when
-its normalized text differs from the reference. Three logistic models are fitted (final, pilot, cloud)
-and the default threshold is the one that minimizes the simulated hybrid WER with at most
-``--max-offload`` of utterances escalated. The file records the edge model it was fitted on. Needs the
-dev extras (jiwer, whisper-normalizer).
+pilot), and a running cloud (``--cloud-target``, default ``EDGE_CLOUD_TARGET``) decodes the clip over
+gRPC. Labels: a result is wrong when its normalized text differs from the reference. Three logistic
+models are fitted (final, pilot, cloud) and the default threshold is the one that minimizes the
+simulated hybrid WER with at most ``--max-offload`` of utterances escalated. The file records the edge
+model it was fitted on. Needs the bench extras (jiwer, whisper-normalizer).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.cloud_reference import CloudAnswer, CloudReference
 from edge_agent.confidence import (
     CALIBRATION_VERSION,
     CLOUD_FEATURES,
@@ -63,10 +64,6 @@ def _load(manifest: Path) -> list[dict[str, object]]:
     return rows
 
 
-CloudAnswer = tuple[str, float, float]
-"""(text, avg_logprob, no_speech_prob) of the cloud's best hypothesis for one clip."""
-
-
 def cloud_answers(rows: list[Row]) -> dict[tuple[str, str, str], CloudAnswer]:
     """The cloud's answers recorded in an earlier features file, by (manifest, kind, reference): they do
     not depend on the edge model, so recalibrating another edge model need not run Whisper again. Keys
@@ -84,7 +81,7 @@ def cloud_answers(rows: list[Row]) -> dict[tuple[str, str, str], CloudAnswer]:
 def collect(
     manifests: list[Path],
     settings: EdgeSettings,
-    cloud_model: str,
+    cloud: CloudReference | None,
     seed: int = 7,
     known: dict[tuple[str, str, str], CloudAnswer] | None = None,
 ) -> list[Row]:
@@ -92,9 +89,6 @@ def collect(
     import soundfile as sf
     from whisper_normalizer.english import EnglishTextNormalizer
 
-    from cloud_server.engine import WhisperEngine
-    from cloud_server.model_store import resolve_model
-    from cloud_server.results import RecognizeOptions
     from edge_agent.asr.registry import load_model
     from edge_agent.audio.vad import SileroVad
 
@@ -102,17 +96,11 @@ def collect(
     normalize = EnglishTextNormalizer()
     model = load_model(settings)
     vad = SileroVad()
-    engine: list[WhisperEngine] = []  # loaded on the first clip whose cloud answer is not known
 
     def ask_cloud(audio: np.ndarray) -> CloudAnswer:
-        if not engine:
-            engine.append(WhisperEngine(
-                resolve_model(cloud_model, Path.home() / ".cache" / "edge-cloud-asr" / "models"),
-                compute_type="int8", cpu_threads=settings.intra_op_threads, workers=1,
-            ))  # fmt: skip
-        cloud = engine[0].recognize(audio, RecognizeOptions(language="en", n_best=1))
-        best = cloud.hypotheses[0] if cloud.hypotheses else None
-        return (best.text, best.avg_logprob, best.no_speech_prob) if best else ("", -5.0, 1.0)
+        if cloud is None:
+            raise SystemExit("no cloud to ask: pass --cloud-target HOST:PORT of a running cloud-server")
+        return cloud.ask(audio)
 
     rng = np.random.default_rng(seed)
     out: list[Row] = []
@@ -274,7 +262,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("manifests", nargs="*", type=Path, help="NeMo manifests (16 kHz audio)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="calibration file to write")
     parser.add_argument("--features", type=Path, help="read/write the per-clip features here (JSON lines)")
-    parser.add_argument("--cloud-model", default="base")
+    parser.add_argument(
+        "--cloud-target",
+        help="host:port of a running cloud-server's gRPC API that decodes every clip (default: "
+        "EDGE_CLOUD_TARGET; TLS and API key from the EDGE_CLOUD_* settings)",
+    )
     parser.add_argument(
         "--cloud-from",
         type=Path,
@@ -293,7 +285,14 @@ def main(argv: list[str] | None = None) -> None:
         known = None
         if args.cloud_from is not None:
             known = cloud_answers([Row(**json.loads(x)) for x in args.cloud_from.read_text().splitlines()])
-        rows = collect(args.manifests, EdgeSettings(), args.cloud_model, known=known)
+        settings = EdgeSettings()
+        target = args.cloud_target or settings.cloud_target
+        cloud = CloudReference(settings, target) if target else None
+        try:
+            rows = collect(args.manifests, settings, cloud, known=known)
+        finally:
+            if cloud is not None:
+                cloud.close()
         if args.features:
             args.features.write_text(_rows_to_json(rows))
     elif args.features and args.features.exists():

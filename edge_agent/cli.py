@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge_agent.logs import configure as configure_logging
+from asr_common.logs import configure as configure_logging
 from edge_agent.settings import EdgeSettings
 
 log = logging.getLogger("edge_agent")

@@ -41,9 +41,9 @@ from edge_agent.language import ENGLISH, is_english
 from edge_agent.offramp import ENGLISH_ONLY, EscalationPlan, LanguageState, Reason, choose, plan_escalation
 
 if TYPE_CHECKING:
+    from asr_common.protos import speech_pb2
     from edge_agent.escalation.client import CloudResult, CloudStream
     from edge_agent.recognizer import Recognizer
-    from protos import speech_pb2
 
 log = logging.getLogger(__name__)
 RATE = 16000

@@ -28,7 +28,7 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from protos import speech_pb2, speech_pb2_grpc  # noqa: E402
+from asr_common.protos import speech_pb2, speech_pb2_grpc  # noqa: E402
 from speech_bench.markdown import replace_section  # noqa: E402
 from speech_bench.services import free_port, wait_ready  # noqa: E402
 from tests.speech import Clip, load_manifest, wer  # noqa: E402

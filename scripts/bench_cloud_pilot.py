@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from protos import speech_pb2, speech_pb2_grpc  # noqa: E402
+from asr_common.protos import speech_pb2, speech_pb2_grpc  # noqa: E402
 from speech_bench.markdown import replace_section  # noqa: E402
 from tests.servers import ThreadedCloud, cloud_settings, wait_until  # noqa: E402
 from tests.speech import Clip, load_manifest, wer  # noqa: E402

@@ -1,4 +1,4 @@
-"""Regenerate the Python stubs for protos/speech.proto.
+"""Regenerate the Python stubs for asr_common/protos/speech.proto.
 
 Run with the dev extras installed: ``python scripts/gen_protos.py [OUT_DIR]``.
 The stubs are committed; tests/test_protos.py checks they match the .proto.
@@ -16,8 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def generate(out_dir: Path) -> None:
-    """Write speech_pb2.py, speech_pb2.pyi and speech_pb2_grpc.py(i) under out_dir/protos."""
-    (out_dir / "protos").mkdir(parents=True, exist_ok=True)
+    """Write speech_pb2.py, speech_pb2.pyi and speech_pb2_grpc.py(i) under out_dir/asr_common/protos.
+
+    The .proto sits at asr_common/protos/ below the include root, so the generated modules import each
+    other as ``asr_common.protos``: a top-level ``protos`` package would collide with others in
+    site-packages."""
+    (out_dir / "asr_common" / "protos").mkdir(parents=True, exist_ok=True)
     include = Path(grpc_tools.__file__).parent / "_proto"
     bin_dir = Path(sys.executable).parent
     args = [
@@ -30,7 +34,7 @@ def generate(out_dir: Path) -> None:
         f"--grpc_python_out={out_dir}",
         f"--mypy_out={out_dir}",
         f"--mypy_grpc_out={out_dir}",
-        str(ROOT / "protos" / "speech.proto"),
+        str(ROOT / "asr_common" / "protos" / "speech.proto"),
     ]
     code = protoc.main(args)
     if code != 0:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Create .venv if it is missing and install the project into it (idempotent).
-# Usage: bash scripts/setup.sh [EXTRAS]   e.g. "dev" for the test tools.
+# Usage: bash scripts/setup.sh [EXTRAS]   e.g. "dev" for the test tools; default "edge,cloud" (both services
+# on one machine). A device needs only "edge", a server only "cloud".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-}"
+extras="${1:-edge,cloud}"
 if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
 fi

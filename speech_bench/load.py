@@ -488,7 +488,7 @@ async def _cloud_client(
 def _grpc_call(load: CloudLoad, channel: Any) -> Call:
     import grpc
 
-    from protos import speech_pb2, speech_pb2_grpc
+    from asr_common.protos import speech_pb2, speech_pb2_grpc
 
     stub = speech_pb2_grpc.CloudRecognizerStub(channel)
     audio = [pcm16(u) for u in load.utterances]

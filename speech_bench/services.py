@@ -6,40 +6,17 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from asr_common.readiness import free_port, wait_ready
+
 _BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(
-    url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 300, log: Path | None = None
-) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
-            raise SystemExit(f"{url}: the process exited with code {proc.returncode}\n{tail}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} was not ready within {timeout:.0f} s")
 
 
 def status_mb(pid: int, field: str) -> float | None:

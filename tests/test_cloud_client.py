@@ -20,11 +20,11 @@ import grpc
 import pytest
 from pydantic import SecretStr
 
+from asr_common.protos import speech_pb2
 from edge_agent.escalation.breaker import BreakerState, CircuitBreaker
 from edge_agent.escalation.client import CloudClient, CloudResult, CloudUnavailable
 from edge_agent.escalation.queue import EscalationQueue, QueuedEscalation
 from edge_agent.escalation.retry import RetryWorker, backoff_delay
-from protos import speech_pb2
 from speech_bench.services import free_port
 from tests.servers import ThreadedCloud, cloud_settings
 from tests.speech import Clip, normalize, wer

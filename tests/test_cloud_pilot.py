@@ -14,13 +14,13 @@ import grpc
 import numpy as np
 import pytest
 
+from asr_common.protos import speech_pb2, speech_pb2_grpc
 from cloud_server.engine import EdgeCandidate, RequestCancelledError, SecondPassWeights, WhisperEngine
 from cloud_server.model_store import resolve_model
 from cloud_server.pilot import LatestPilot, PilotSchedule, verified_prefix
 from cloud_server.pool import InferencePool
 from cloud_server.results import PilotHypothesis, RecognizeOptions
 from cloud_server.settings import CloudSettings
-from protos import speech_pb2, speech_pb2_grpc
 from tests.servers import ThreadedCloud, cloud_settings, wait_until
 from tests.speech import Clip, wer
 

@@ -130,7 +130,9 @@ def test_dockerfile_promises(name: str, port: int, path: str, prepare: str) -> N
         assert base.startswith("python:3.11-slim"), f"slim Python 3.11 base expected, got {base}"
     build, final = stages[0], stages[-1]
     pip = [a for w, a in build if w == "RUN" and "pip install" in a]
-    assert pip and "." in pip[0].split(), "the build stage installs the project: pip install ."
+    assert pip and f'".[{name}]"' in pip[0].split(), (
+        f'the build stage installs its service: pip install ".[{name}]"'
+    )
     assert any(w == "COPY" and a.startswith("--from=") for w, a in final), "the runtime copies the built venv"
 
     users = [a for w, a in final if w == "USER"]
@@ -194,14 +196,17 @@ def _ignored(path: str, rules: list[tuple[bool, str]]) -> bool:
 
 def test_dockerignore_keeps_what_the_images_need() -> None:
     rules = _dockerignore()
-    # What `pip install .` reads: pyproject, the readme and every package setuptools is told to include.
+    # What `pip install .[SERVICE]` reads: pyproject, the readme, the shared package and the service's own;
+    # the other service's package stays out of the image.
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = project["tool"]["setuptools"]["packages"]["find"]["include"]
     packages = {
         p.name for p in ROOT.iterdir() if p.is_dir() and any(fnmatch.fnmatch(p.name, x) for x in patterns)
     }
-    needed = {"pyproject.toml", project["project"]["readme"], *packages}
+    assert packages == {"asr_common", "cloud_server", "edge_agent", "speech_bench"}
+    own = {"cloud": "cloud_server", "edge": "edge_agent"}
     for name, dockerfile in DOCKERFILES.items():
+        needed = {"pyproject.toml", project["project"]["readme"], "asr_common", own[name]}
         copied: set[str] = set()
         for word, args in _stages(dockerfile)[0]:
             if word == "COPY" and not args.startswith("--from="):
@@ -211,6 +216,7 @@ def test_dockerignore_keeps_what_the_images_need() -> None:
                     assert not _ignored(source, rules), f"{name}: COPY {source}, but .dockerignore drops it"
                     copied.add(source.rstrip("/"))
         assert needed <= copied, f"{name}.Dockerfile does not COPY {sorted(needed - copied)}"
+        assert not (copied & (packages - needed)), f"{name}.Dockerfile copies another service's code"
     for heavy in (".venv", ".git", ".cache", "tests"):
         assert _ignored(heavy, rules), f".dockerignore should leave {heavy} out of the build context"
 

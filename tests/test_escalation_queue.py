@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from asr_common.protos import speech_pb2
 from edge_agent.escalation.queue import EscalationQueue
-from protos import speech_pb2
 
 
 class FakeClock:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from asr_common.protos import speech_pb2
 from edge_agent import events
 from edge_agent.asr.interface import Decoded, Hypothesis, TokenInfo
 from edge_agent.confidence import word_error_rate
 from edge_agent.escalation.context import edge_context
 from edge_agent.offramp import Decision, EscalationPlan, Reason, plan_escalation
-from protos import speech_pb2
 from tests.fake_asr import cloud_result
 
 CONFIDENT = Decision(False, 0.2)

@@ -46,8 +46,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from asr_common.protos import speech_pb2, speech_pb2_grpc
 from cloud_server.rest.app import AUDIO_EXTENSIONS
-from protos import speech_pb2, speech_pb2_grpc
 from tests.audio_files import vbr_mp3, wav
 from tests.fuzz import Tally, fuzz_settings, pick
 from tests.servers import ThreadedCloud

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos import speech_pb2, speech_pb2_grpc
+from asr_common.protos import speech_pb2, speech_pb2_grpc
 from tests.servers import ThreadedCloud, cloud_settings
 from tests.speech import Clip, normalize, wer
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from protos import speech_pb2, speech_pb2_grpc
+from asr_common.protos import speech_pb2, speech_pb2_grpc
 from tests.edge_client import EdgeClient, pcm16
 from tests.servers import ThreadedCloud, ThreadedEdge, edge_settings
 

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 from pydantic import ValidationError
 
+from asr_common.protos import speech_pb2
 from cloud_server.engine import pick_language
 from edge_agent import events
 from edge_agent.asr.interface import TokenInfo
@@ -32,7 +33,6 @@ from edge_agent.offramp import Decision, EscalationPlan, LanguageState, Reason, 
 from edge_agent.recognizer import Recognizer
 from edge_agent.session import Session
 from edge_agent.settings import EdgeSettings
-from protos import speech_pb2
 from tests.fake_asr import (
     BLOCK,
     FakeEscalator,

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from protos import speech_pb2, speech_pb2_grpc
+from asr_common.protos import speech_pb2, speech_pb2_grpc
 from tests.edge_client import EdgeClient, pcm16, with_silence
 from tests.servers import ThreadedCloud, ThreadedEdge, edge_settings
 from tests.speech import Clip, wer

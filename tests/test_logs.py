@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.logs import configure
+from asr_common.logs import configure
 from tests.edge_client import EdgeClient, pcm16
 from tests.servers import ThreadedCloud, ThreadedEdge, cloud_settings, edge_settings
 from tests.speech import Clip

@@ -1,4 +1,4 @@
-"""The committed stubs match protos/speech.proto."""
+"""The committed stubs match asr_common/protos/speech.proto."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import grpc_tools
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 
-from protos import speech_pb2, speech_pb2_grpc
+from asr_common.protos import speech_pb2, speech_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def test_committed_stubs_match_proto(tmp_path: Path) -> None:
             f"-I{ROOT}",
             f"-I{include}",
             f"--descriptor_set_out={out}",
-            str(ROOT / "protos" / "speech.proto"),
+            str(ROOT / "asr_common" / "protos" / "speech.proto"),
         ]
     )
     assert code == 0
@@ -32,7 +32,7 @@ def test_committed_stubs_match_proto(tmp_path: Path) -> None:
     for message in fresh.message_type:
         for field in message.field:
             field.ClearField("json_name")
-    assert fresh == committed, "protos/speech_pb2*.py are stale: run python scripts/gen_protos.py"
+    assert fresh == committed, "asr_common/protos/speech_pb2*.py are stale: run python scripts/gen_protos.py"
 
 
 def test_service_methods() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from asr_common.protos import speech_pb2
 from cloud_server.replay import AnswerCache, utterance_key
-from protos import speech_pb2
 
 
 def _context(utterance_id: str = "u-1", *edge: str) -> speech_pb2.EdgeContext:

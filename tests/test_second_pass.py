@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
+from asr_common.protos import speech_pb2, speech_pb2_grpc
 from cloud_server.engine import (
     CandidateFeatures,
     EdgeCandidate,
@@ -24,7 +25,6 @@ from cloud_server.engine import (
 from cloud_server.model_store import resolve_model
 from cloud_server.results import RecognizeOptions
 from cloud_server.settings import CloudSettings
-from protos import speech_pb2, speech_pb2_grpc
 from tests.servers import ThreadedCloud
 from tests.speech import Clip, normalize
 

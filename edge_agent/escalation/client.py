@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 import grpc
 from pydantic import SecretStr
 
+from asr_common.protos import speech_pb2, speech_pb2_grpc
 from edge_agent.escalation.breaker import BreakerState, CircuitBreaker
-from protos import speech_pb2, speech_pb2_grpc
 
 if TYPE_CHECKING:
-    from protos.speech_pb2_grpc import CloudRecognizerAsyncStub
+    from asr_common.protos.speech_pb2_grpc import CloudRecognizerAsyncStub
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from asr_common.protos import speech_pb2
 from edge_agent.asr.interface import Decoded, Hypothesis
 from edge_agent.offramp import Reason
-from protos import speech_pb2
 
 _REASONS = {
     Reason.LOW_CONFIDENCE: speech_pb2.LOW_CONFIDENCE,

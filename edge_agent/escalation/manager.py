@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from asr_common.protos import speech_pb2
 from edge_agent.escalation.breaker import CircuitBreaker
 from edge_agent.escalation.client import CloudClient, CloudResult, CloudStream, CloudUnavailable
 from edge_agent.escalation.queue import EscalationQueue, QueuedEscalation
 from edge_agent.escalation.retry import RetryWorker
 from edge_agent.settings import EdgeSettings
-from protos import speech_pb2
 
 if TYPE_CHECKING:
     from edge_agent.recognizer import Recognizer

@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 
 from google.protobuf.message import DecodeError
 
+from asr_common.protos import speech_pb2
 from edge_agent.escalation.client import CloudClient, CloudResult, CloudUnavailable
 from edge_agent.escalation.queue import EscalationQueue, QueuedEscalation
-from protos import speech_pb2
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Quick-start demo: start ``cloud-server`` and ``edge-agent``, stream the bundled sample through the
 edge over WebSocket in real time, print partials, finals and escalations, then stop both.
 
-``python -m edge_agent.demo [AUDIO_FILE] [--speed N]``
+``python -m speech_bench.demo [AUDIO_FILE] [--speed N]``
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import speech_pb2 as protos_dot_speech__pb2
+from asr_common.protos import speech_pb2 as asr__common_dot_protos_dot_speech__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/speech_pb2_grpc.py depends on'
+        + ' but the generated code in asr_common/protos/speech_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -39,13 +39,13 @@ class CloudRecognizerStub:
         """
         self.Recognize = channel.unary_unary(
                 '/speech.v1.CloudRecognizer/Recognize',
-                request_serializer=protos_dot_speech__pb2.RecognizeRequest.SerializeToString,
-                response_deserializer=protos_dot_speech__pb2.RecognizeResponse.FromString,
+                request_serializer=asr__common_dot_protos_dot_speech__pb2.RecognizeRequest.SerializeToString,
+                response_deserializer=asr__common_dot_protos_dot_speech__pb2.RecognizeResponse.FromString,
                 _registered_method=True)
         self.StreamingRecognize = channel.stream_stream(
                 '/speech.v1.CloudRecognizer/StreamingRecognize',
-                request_serializer=protos_dot_speech__pb2.StreamingRecognizeRequest.SerializeToString,
-                response_deserializer=protos_dot_speech__pb2.StreamingRecognizeResponse.FromString,
+                request_serializer=asr__common_dot_protos_dot_speech__pb2.StreamingRecognizeRequest.SerializeToString,
+                response_deserializer=asr__common_dot_protos_dot_speech__pb2.StreamingRecognizeResponse.FromString,
                 _registered_method=True)
 
 
@@ -78,13 +78,13 @@ def add_CloudRecognizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Recognize': grpc.unary_unary_rpc_method_handler(
                     servicer.Recognize,
-                    request_deserializer=protos_dot_speech__pb2.RecognizeRequest.FromString,
-                    response_serializer=protos_dot_speech__pb2.RecognizeResponse.SerializeToString,
+                    request_deserializer=asr__common_dot_protos_dot_speech__pb2.RecognizeRequest.FromString,
+                    response_serializer=asr__common_dot_protos_dot_speech__pb2.RecognizeResponse.SerializeToString,
             ),
             'StreamingRecognize': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamingRecognize,
-                    request_deserializer=protos_dot_speech__pb2.StreamingRecognizeRequest.FromString,
-                    response_serializer=protos_dot_speech__pb2.StreamingRecognizeResponse.SerializeToString,
+                    request_deserializer=asr__common_dot_protos_dot_speech__pb2.StreamingRecognizeRequest.FromString,
+                    response_serializer=asr__common_dot_protos_dot_speech__pb2.StreamingRecognizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -115,8 +115,8 @@ class CloudRecognizer:
             request,
             target,
             '/speech.v1.CloudRecognizer/Recognize',
-            protos_dot_speech__pb2.RecognizeRequest.SerializeToString,
-            protos_dot_speech__pb2.RecognizeResponse.FromString,
+            asr__common_dot_protos_dot_speech__pb2.RecognizeRequest.SerializeToString,
+            asr__common_dot_protos_dot_speech__pb2.RecognizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -142,8 +142,8 @@ class CloudRecognizer:
             request_iterator,
             target,
             '/speech.v1.CloudRecognizer/StreamingRecognize',
-            protos_dot_speech__pb2.StreamingRecognizeRequest.SerializeToString,
-            protos_dot_speech__pb2.StreamingRecognizeResponse.FromString,
+            asr__common_dot_protos_dot_speech__pb2.StreamingRecognizeRequest.SerializeToString,
+            asr__common_dot_protos_dot_speech__pb2.StreamingRecognizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,9 +3,9 @@
 isort:skip_file
 The contract between the edge agent and the cloud recognizer."""
 
+from asr_common.protos import speech_pb2 as _speech_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
-from protos import speech_pb2 as _speech_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
