@@ -84,8 +84,15 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
         if len(allowed) > MAX_LANGUAGES:
             raise InvalidAudioError(f"{len(allowed)} languages; at most {MAX_LANGUAGES}")
         unknown = [code for code in allowed if languages and code not in languages]
-        if unknown:
+        if unknown and len(languages) > 1:
             raise InvalidAudioError(f"unsupported language {unknown[0][:40]!r} in languages")
+        if unknown:
+            # An English-only model (``tiny.en``) transcribes the languages of the list it knows: English,
+            # which the edge always lists. Only a list with none of them is refused.
+            allowed = tuple(code for code in allowed if code in languages)
+            if not allowed:
+                known = ", ".join(languages)
+                raise InvalidAudioError(f"none of the languages is one the model knows ({known})")
         return RecognizeOptions(
             # A request that lists languages asks for detection among them, whatever CLOUD_LANGUAGE says.
             language=config.language or (None if allowed else s.language),

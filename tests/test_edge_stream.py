@@ -143,7 +143,7 @@ def test_escalates_noisy_speech_but_not_clean(edge: ThreadedEdge, tts_clips: lis
             escalated = any(f["escalated"] for f in finals)
             for f in finals:
                 if f["escalated"]:
-                    assert f["reason"] in ("low_confidence", "early_pilot", "decode_stopped")
+                    assert f["reason"] in ("low_confidence", "early_pilot", "decode_stopped", "language")
                     assert f["cloud_confidence"] is not None and f["cloud_text"] is not None
             if noisy:
                 noisy_escalated += escalated
@@ -441,3 +441,29 @@ def test_stream_command_prints_finals(edge: ThreadedEdge, real_clips: list[Clip]
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert "FINAL [" in shown.stdout and "end: 1 utterance(s)" in shown.stdout
+
+
+def test_english_only_cloud_answers_an_allow_list_in_english(
+    cloud_tiny: ThreadedCloud, tts_clips: list[Clip]
+) -> None:
+    """The edge asks for detection among ``EDGE_LANGUAGES`` (English always in): a cloud running an
+    English-only model answers in English rather than refusing the request."""
+    import grpc
+
+    from asr_common.protos import speech_pb2, speech_pb2_grpc
+
+    clip = tts_clips[0]
+    with grpc.insecure_channel(cloud_tiny.grpc_target) as channel:
+        stub = speech_pb2_grpc.CloudRecognizerStub(channel)
+
+        def ask(languages: list[str]) -> speech_pb2.RecognizeResponse:
+            config = speech_pb2.RecognitionConfig(languages=languages, sample_rate_hz=16000)
+            request = speech_pb2.RecognizeRequest(config=config, audio=pcm16(clip.samples()))
+            return stub.Recognize(request, timeout=120)
+
+        answer = ask(["en", "es", "de"])
+        assert answer.language == "en" and wer([clip.text], [answer.hypotheses[0].text]) < 0.2
+        with pytest.raises(grpc.RpcError) as refused:
+            ask(["es", "de"])
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "(en)" in (refused.value.details() or "")
