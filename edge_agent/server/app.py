@@ -164,6 +164,7 @@ class StreamConnection:
         self._pump_task: asyncio.Task[None] | None = None
         self._receiver: asyncio.Task[None] | None = None
         self._close_args = (NORMAL, "bye")
+        self._abandoned = False
         self.max_text_chars = settings.max_frame_bytes
 
     @staticmethod
@@ -345,7 +346,10 @@ class StreamConnection:
     def _abandon(self, why: str) -> None:
         """A client that does not read its events is not served further: stop reading from it, so the
         handler ends and the connection is closed under it."""
-        if not self.closing:
+        # Counted once per client, also while closing: a client that stops reading during a close (after
+        # a timeout, say) is as much a client that does not read.
+        if not self._abandoned:
+            self._abandoned = True
             log.warning("client is not reading events (%s); closing", why)
             self.rec.metrics.errors.labels("not_reading").inc()
         self.closing = True
