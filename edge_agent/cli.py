@@ -1,4 +1,4 @@
-"""``edge-agent``: serve (default), ``--mic``, ``stream FILE``, ``calibrate``, ``prepare``.
+"""``edge-agent``: serve (default), ``--mic``, ``stream FILE``, ``calibrate``, ``prepare``, ``quantize``.
 
 Serving flags override ``EDGE_*`` environment variables.
 """
@@ -27,7 +27,8 @@ def _serve_parser() -> argparse.ArgumentParser:
         prog="edge-agent",
         description="Edge speech recognition with pilot inference and cloud escalation. "
         "Subcommands: stream FILE (stream a file to a running agent), calibrate (fit the confidence "
-        "model), prepare (build the optimized model graphs). Without one: serve.",
+        "model), prepare (build the optimized model graphs), quantize OUT (a lower-bit copy of the model). "
+        "Without one: serve.",
     )
     p.add_argument("--host", help="bind address (EDGE_HOST, default 0.0.0.0)")
     p.add_argument("--port", type=int, help="WebSocket/HTTP port (EDGE_PORT, default 8765)")
@@ -125,6 +126,11 @@ def main(argv: list[str] | None = None) -> None:
         from edge_agent.calibrate import main as calibrate_main
 
         calibrate_main(argv[1:])
+        return
+    if argv and argv[0] == "quantize":
+        from edge_agent.quantize import main as quantize_main
+
+        quantize_main(argv[1:])
         return
     if argv and argv[0] == "prepare":
         from edge_agent.asr.registry import load_model

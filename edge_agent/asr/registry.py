@@ -41,15 +41,29 @@ class Family:
 
 
 def _load_moonshine(spec: ModelSpec, settings: EdgeSettings) -> AsrModel:
-    from edge_agent.asr.moonshine.stream import load_moonshine
+    from edge_agent.asr.moonshine.stream import load_moonshine, prebuilt_graphs
 
-    return load_moonshine(
-        spec.path or settings.model_dir,
-        Path(settings.model_cache_dir),
-        settings.intra_op_threads,
-        settings.max_chunk_s,
-        settings.hotword_bonus,
-    )
+    def load(s: ModelSpec) -> AsrModel:
+        return load_moonshine(
+            s.path or settings.model_dir,
+            Path(settings.model_cache_dir),
+            settings.intra_op_threads,
+            settings.max_chunk_s,
+            settings.hotword_bonus,
+        )
+
+    source = spec.path or settings.model_dir
+    # The shipped .ort layout is quantized once into the cache (EDGE_QUANTIZATION); a directory of
+    # ONNX graphs (what `edge-agent quantize` writes) is served as it is.
+    if settings.quantization != "none" and (source is None or prebuilt_graphs(source) is None):
+        from edge_agent.quantize import ensure_quantized
+
+        built = ensure_quantized(
+            ModelSpec("moonshine", source), settings.quantization, Path(settings.model_cache_dir), load
+        )
+        if built is not None:
+            return load(ModelSpec("moonshine", built))
+    return load(spec)
 
 
 def _load_conformer(spec: ModelSpec, settings: EdgeSettings) -> AsrModel:

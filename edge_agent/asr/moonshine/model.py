@@ -53,6 +53,7 @@ class MoonshineModel:
 
     def __init__(self, files: MoonshineFiles, threads: int = 2, name: str = "moonshine-base") -> None:
         self.name = name
+        self.files = files
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -28,7 +28,7 @@ from edge_agent.asr.interface import (
 from edge_agent.asr.moonshine.backend import Encoded
 from edge_agent.asr.moonshine.decoding import beam_nbest, greedy_decode, words_of
 from edge_agent.asr.moonshine.model import MoonshineFiles, MoonshineModel
-from edge_agent.asr.moonshine.ort_convert import default_model_dir, ensure_onnx_models
+from edge_agent.asr.moonshine.ort_convert import ModelFiles, default_model_dir, ensure_onnx_models
 from edge_agent.asr.utterance_audio import UtteranceAudio
 from edge_agent.audio.segmenter import split_long
 
@@ -150,6 +150,13 @@ class MoonshineStream:
         return beam_nbest(self._rec.model, self._final_encoded, beam=n, n_best=n, hotwords=self._hotwords)
 
 
+def prebuilt_graphs(directory: Path) -> ModelFiles | None:
+    """``encoder.onnx`` and ``decoder.onnx`` in ``directory`` if both are there (None: the shipped
+    ``.ort`` layout, rebuilt on first use)."""
+    files = ModelFiles(encoder=directory / "encoder.onnx", decoder=directory / "decoder.onnx")
+    return files if files.encoder.is_file() and files.decoder.is_file() else None
+
+
 def load_moonshine(
     model_dir: Path | None,
     cache_dir: Path,
@@ -157,10 +164,11 @@ def load_moonshine(
     max_chunk_s: float,
     hotword_bonus: float | None = None,
 ) -> MoonshineRecognizer:
-    """Moonshine base with graphs rebuilt for onnxruntime's optimizer (cached after the first start);
-    ``hotword_bonus`` None is the tuned ``HOTWORD_BONUS``."""
+    """Moonshine base with graphs rebuilt for onnxruntime's optimizer (cached after the first start), or
+    the ONNX graphs in ``model_dir`` (``edge-agent quantize`` writes such a directory); ``hotword_bonus``
+    None is the tuned ``HOTWORD_BONUS``."""
     source = model_dir if model_dir is not None else default_model_dir()
-    files = ensure_onnx_models(source, cache_dir)
+    files = prebuilt_graphs(source) or ensure_onnx_models(source, cache_dir)
     model = MoonshineModel(
         MoonshineFiles(files.encoder, files.decoder, source / "tokenizer.bin"), threads=threads
     )
