@@ -356,7 +356,7 @@ def main(argv: Sequence[str]) -> None:
     )
     p.add_argument("out", type=Path, help="the new model directory (must not exist)")
     p.add_argument("--model", default=settings.model, help="model to quantize (default: EDGE_MODEL)")
-    p.add_argument("--method", choices=METHODS, default="int8")
+    p.add_argument("--method", choices=METHODS, default="w8", help="default: w8, the agent's own default")
     p.add_argument(
         "--audio",
         type=Path,

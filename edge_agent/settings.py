@@ -65,12 +65,13 @@ class EdgeSettings(BaseSettings):
     default: the one in the moonshine-cpp package (``EDGE_MODEL=moonshine:/dir`` says the same)."""
     model_cache_dir: Path = _CACHE / "edge-models"
     """Where the rebuilt (optimizable) ONNX graphs, and their quantized copies, are cached."""
-    quantization: Literal["none", "int8", "w8", "int4"] = "none"
+    quantization: Literal["none", "int8", "w8", "int4"] = "w8"
     """Moonshine: weights the agent runs with, quantized once into ``model_cache_dir`` on first start
     (``edge-agent prepare`` does it ahead) and checked against the shipped model on the bundled sample.
-    ``int8``: dynamic int8 (int8 weights, activations quantized per call); ``w8``: 8-bit weight-only
-    MatMul; ``int4``: 4-bit weight-only MatMul; ``none``: the shipped graphs as they are (int8 on disk,
-    fp32 in memory). BENCHMARKS.md's quantization table compares them. A model directory of ONNX
+    ``w8``: 8-bit weight-only MatMul (half the memory; pilot verification stays exact); ``int8``: dynamic
+    int8 (int8 weights, activations quantized per call); ``int4``: 4-bit weight-only MatMul; ``none``:
+    the shipped graphs as they are (int8 on disk, fp32 in memory). BENCHMARKS.md's quantization table
+    compares them. A model directory of ONNX
     graphs (``EDGE_MODEL=moonshine:/dir`` from ``edge-agent quantize``) is served as it is."""
     max_chunk_s: float = Field(default=25.0, gt=1.0, le=28.0)
     """Moonshine: audio longer than this is split at low-energy points before decoding."""

@@ -173,6 +173,41 @@ def wer_change(
     return diff(np.arange(len(a))), float(np.percentile(draws_, 2.5)), float(np.percentile(draws_, 97.5))
 
 
+def speed(family: str, specs: Sequence[str], clean: Path, rounds: int) -> list[dict[str, Any]]:
+    """Encoder and decoder-step times of every variant of a family, loaded side by side in one process
+    and timed in interleaved rounds (medians over rounds), so that other load on the machine hits them
+    alike; the per-row process measures memory and accuracy."""
+    from edge_agent.asr.registry import FAMILIES, parse_model_spec
+    from edge_agent.settings import EdgeSettings
+
+    settings = EdgeSettings(quantization="none")
+    models = [FAMILIES[family].load(parse_model_spec(spec), settings) for spec in specs]
+    clips = _clips(clean)
+    audio = {s: _speech(s, clips) for s in (5.0, 10.0)}
+    times: list[dict[str, list[float]]] = [{"5.0": [], "10.0": [], "step": []} for _ in models]
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for rec, figures in zip(models, times, strict=True):
+            _encoder_ms(rec, family, audio[5.0])  # untimed: the previous model's idle threads spin
+            for seconds, clip in audio.items():
+                ms = _encoder_ms(rec, family, clip)
+                if round_:
+                    figures[str(seconds)].append(ms)
+            step = _step_ms(rec, family, audio[5.0])
+            if round_ and step is not None:
+                figures["step"].append(step)
+    return [
+        {
+            "encoder_ms": {k: statistics.median(f[k]) for k in ("5.0", "10.0")},
+            "step_ms": statistics.median(f["step"]) if f["step"] else None,
+        }
+        for f in times
+    ]
+
+
+def _speed(args: tuple[str, list[str], Path, int]) -> list[dict[str, Any]]:
+    return speed(*args)
+
+
 def graph_mb(family: str, variant: str, directory: Path | None) -> float:
     """Size on disk of the graphs a variant loads (the tokenizer and tables are the same for all)."""
     if variant == "shipped":
@@ -248,7 +283,7 @@ def _row(args: tuple[str, str, Path, Path]) -> dict[str, Any]:
     return measure(*args)
 
 
-def render(rows: list[dict[str, Any]], started: str) -> str:
+def render(rows: list[dict[str, Any]], started: str, rounds: int) -> str:
     lines = [
         BEGIN,
         "## Quantized edge models: size, memory, speed, accuracy",
@@ -263,9 +298,11 @@ def render(rows: list[dict[str, Any]], started: str) -> str:
         "activations quantized per call); *w8*: `--method w8` (8-bit weight-only MatMulNBits, blocks of "
         "32); *int4*: `--method int4` (4-bit weight-only MatMulNBits, blocks of 32). Every quantized "
         "variant keeps the token embedding as int8 rows. Size: the graph files. RSS: the process after "
-        "loading (idle) and its peak after decoding every clip. Encoder: Moonshine on 5 s / 10 s of "
-        "speech at once, the conformer ingesting it chunk by chunk; decoder: one greedy step (Moonshine) "
-        "or one prediction-net + joint call (the conformer's transducer head). RTF over the clean set. "
+        "loading (idle) and its peak after decoding every clip (the clips held in memory, ~75 MB). Encoder: "
+        "Moonshine on 5 s / 10 s of speech at once, the conformer ingesting it chunk by chunk; decoder: one "
+        "greedy step (Moonshine) or one prediction-net + joint call (the conformer's transducer head); "
+        f"both timed with a family's variants loaded side by side in one process, medians of {rounds} "
+        "interleaved rounds. RTF over the clean set. "
         "WER after Whisper's English normalizer on the `tts` bench set (clean) and the `noisy` set. "
         "Agreement: the share of the source model's tokens the quantized one reproduces on the check "
         "clips `edge-agent quantize` decodes (the gate refuses below 85 %).",
@@ -284,7 +321,7 @@ def render(rows: list[dict[str, Any]], started: str) -> str:
                 d, lo, hi = wer_change(r, base, name)
                 text += f" ({d:+.1f}, {lo:+.1f} to {hi:+.1f})"
             wers.append(text)
-        step = "-" if r["step_ms"] is None else f"{r['step_ms']:.1f}"
+        step = "-" if r["step_ms"] is None else f"{r['step_ms']:.2f}"
         agreement = "-" if r.get("agreement") is None else f"{r['agreement']:.1%}"
         lines.append(
             f"| {r['family']} | {r['variant']} | {r['size_mb']:.1f} | {r['rss_idle_mb']:.0f} / "
@@ -311,6 +348,7 @@ def main() -> None:
     parser.add_argument("--sets", type=Path, default=SETS, help="bench sets directory")
     parser.add_argument("--out", type=Path, default=OUT / "report.json")
     parser.add_argument("--benchmarks-md", type=Path)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     args = parser.parse_args()
     clean, noisy = args.sets / "tts" / "manifest.jsonl", args.sets / "noisy" / "manifest.jsonl"
     for manifest in (clean, noisy):
@@ -325,6 +363,7 @@ def main() -> None:
     rows = []
     spawn = multiprocessing.get_context("spawn")
     for family in args.families:
+        family_rows = []
         for variant in args.variants:
             directory = prepare(family, variant, [p for p in check_audio if p.exists()])
             spec = family if directory is None else f"{family}:{directory}"
@@ -335,8 +374,14 @@ def main() -> None:
             row["agreement"] = (
                 json.loads(report.read_text())["agreement"] if report and report.is_file() else None
             )
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            family_rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "errors"}), flush=True)
+        with spawn.Pool(1) as pool:
+            timed = pool.apply(_speed, ((family, [r["spec"] for r in family_rows], clean, args.rounds),))
+        for row, figures in zip(family_rows, timed, strict=True):
+            row.update(figures)
+            print(row["variant"], figures, flush=True)
+        rows += family_rows
     if args.out.is_file():
         # Rows of a family or variant not run this time come from the previous run's report.
         done = {(r["family"], r["variant"]) for r in rows}
@@ -347,7 +392,7 @@ def main() -> None:
         rows = sorted(rows + earlier, key=lambda r: order[(r["family"], r["variant"])])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    section = render(rows, started)
+    section = render(rows, started, args.rounds)
     print(section)
     if args.benchmarks_md is not None:
         replace_section(args.benchmarks_md, section, BEGIN, END)

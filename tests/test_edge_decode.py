@@ -9,6 +9,7 @@ import pytest
 from edge_agent.asr.moonshine.decoding import greedy_decode
 from edge_agent.asr.moonshine.model import MoonshineModel
 from edge_agent.asr.moonshine.stream import MoonshineRecognizer, MoonshineStream
+from edge_agent.quantize import REPORT
 from tests.speech import Clip, wer
 
 pytestmark = pytest.mark.model
@@ -27,6 +28,16 @@ def test_edge_wer_on_clean_speech(
         assert wer([c.text for c in clips], hyps) < limit
 
 
+def _logprob_tolerance(moonshine: MoonshineModel) -> float:
+    """How far one token's log-prob may move between the verifying pass (all pilot tokens at once) and
+    step-by-step decoding. In fp32 only summation order differs. The default weight-only 8-bit model
+    multiplies in int8 with activations quantized per block of a row, and the blocking of a call over
+    several tokens differs a little from one over a single token: a few hundredths at most (0.033 on
+    the test clips), the chosen tokens unchanged. (Dynamic int8, ``EDGE_QUANTIZATION=int8``, scales
+    activations once per call and can change a chosen token: it is not the default for that reason.)"""
+    return 0.05 if (moonshine.files.encoder.parent / REPORT).is_file() else 1e-3
+
+
 @pytest.mark.parametrize("fraction", [0.4, 0.7, 0.95])
 def test_pilot_verified_final_equals_plain_final(
     moonshine: MoonshineModel, real_clips: list[Clip], tts_clips: list[Clip], fraction: float
@@ -41,7 +52,7 @@ def test_pilot_verified_final_equals_plain_final(
         assert verified.text == plain.text
         assert verified.decoder_calls <= plain.decoder_calls
         assert [t.logprob for t in verified.tokens] == pytest.approx(
-            [t.logprob for t in plain.tokens], abs=1e-3
+            [t.logprob for t in plain.tokens], abs=_logprob_tolerance(moonshine)
         )
         reused_total += verified.reused_tokens
     assert reused_total > 0  # the pilot's work is really reused

@@ -33,7 +33,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     EDGE_QUEUE_PATH=/var/lib/edge-agent/escalations.sqlite3 \
     EDGE_CLOUD_TARGET=cloud:50051
 # Build the optimized ONNX graphs now (Moonshine's .ort files rebuilt as standard ONNX and verified against
-# them; ~60 MB, a few seconds) so a container starts without this work. It runs in this stage, after the venv
+# them, then quantized as EDGE_QUANTIZATION says and checked again; ~170 MB, under a minute) so a container
+# starts without this work. It runs in this stage, after the venv
 # is in place, because the cache key includes the .ort files' mtimes as they are in the final image. Root
 # owns the result and the agent only reads it, so a read-only root filesystem works too.
 RUN edge-agent prepare \
