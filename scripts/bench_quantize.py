@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import multiprocessing
+import os
 import platform
 import shutil
 import statistics
@@ -283,13 +284,14 @@ def _row(args: tuple[str, str, Path, Path]) -> dict[str, Any]:
     return measure(*args)
 
 
-def render(rows: list[dict[str, Any]], started: str, rounds: int) -> str:
+def render(rows: list[dict[str, Any]], started: str, rounds: int, load: float) -> str:
     lines = [
         BEGIN,
         "## Quantized edge models: size, memory, speed, accuracy",
         "",
-        f"`scripts/bench_quantize.py`, run {started} on {platform.machine()} (2 cores, shared with other "
-        "work; one fresh process per row, rows one after another, 2 intra-op threads). *fp32*: Moonshine's "
+        f"`scripts/bench_quantize.py`, run {started} on {platform.machine()} (2 cores; 1-minute load average "
+        f"{load:.1f} at the start; one fresh process per row, rows one after another, 2 intra-op "
+        "threads). *fp32*: Moonshine's "
         "shipped weights folded to fp32 and saved (what the agent holds in memory today), the conformer "
         "exported in fp32 from its released weights (`training/conformer/export.py --no-int8`); the "
         "quantized rows start from these; *shipped*: the int8 "
@@ -349,6 +351,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT / "report.json")
     parser.add_argument("--benchmarks-md", type=Path)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument(
+        "--timing-only", action="store_true", help="keep the last report's rows, time the variants again"
+    )
     args = parser.parse_args()
     clean, noisy = args.sets / "tts" / "manifest.jsonl", args.sets / "noisy" / "manifest.jsonl"
     for manifest in (clean, noisy):
@@ -360,8 +365,20 @@ def main() -> None:
         ROOT / ".cache" / "test-audio" / "tts" / "manifest.jsonl",
     ]
     started = time.strftime("%Y-%m-%d")
+    load = os.getloadavg()[0]
     rows = []
     spawn = multiprocessing.get_context("spawn")
+    if args.timing_only:
+        # Memory and accuracy from the last report; only the interleaved timings again (a quieter machine).
+        rows = json.loads(args.out.read_text())
+        for family in args.families:
+            family_rows = [r for r in rows if r["family"] == family]
+            with spawn.Pool(1) as pool:
+                timed = pool.apply(_speed, ((family, [r["spec"] for r in family_rows], clean, args.rounds),))
+            for row, figures in zip(family_rows, timed, strict=True):
+                row.update(figures)
+                print(family, row["variant"], figures, flush=True)
+        args.families = []
     for family in args.families:
         family_rows = []
         for variant in args.variants:
@@ -392,7 +409,7 @@ def main() -> None:
         rows = sorted(rows + earlier, key=lambda r: order[(r["family"], r["variant"])])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    section = render(rows, started, args.rounds)
+    section = render(rows, started, args.rounds, load)
     print(section)
     if args.benchmarks_md is not None:
         replace_section(args.benchmarks_md, section, BEGIN, END)
