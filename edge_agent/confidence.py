@@ -105,13 +105,14 @@ def cloud_features(
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """Word edit distance over the reference length, on casefolded words without punctuation."""
-    ref, hyp = _words(reference), _words(hypothesis)
+    ref, hyp = text_words(reference), text_words(hypothesis)
     if not ref:
         return 0.0 if not hyp else 1.0
     return float(Levenshtein.distance(ref, hyp)) / len(ref)
 
 
-def _words(text: str) -> list[str]:
+def text_words(text: str) -> list[str]:
+    """Casefolded words without punctuation, for word edit distances."""
     return ["".join(c for c in w.casefold() if c.isalnum() or c == "'") for w in text.split()]
 
 

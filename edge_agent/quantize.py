@@ -172,16 +172,14 @@ def token_edits(source: Sequence[int], other: Sequence[int]) -> int:
     return int(Levenshtein.distance(list(source), list(other)))
 
 
-def _words(text: str) -> list[str]:
-    cleaned = "".join(c.lower() if c.isalnum() or c == "'" else " " for c in text)
-    return cleaned.split()
-
-
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(word edits, reference words) after lower-casing and dropping punctuation."""
+    """(word edits, reference words) after casefolding and dropping punctuation, as the confidence
+    model's labels count them."""
     from rapidfuzz.distance import Levenshtein
 
-    ref, hyp = _words(reference), _words(hypothesis)
+    from edge_agent.confidence import text_words
+
+    ref, hyp = text_words(reference), text_words(hypothesis)
     return int(Levenshtein.distance(ref, hyp)), len(ref)
 
 
