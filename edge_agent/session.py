@@ -72,6 +72,8 @@ class Utterance:
     silence_at: int | None = None
     speculative: asyncio.Future[FinalOutcome] | None = None
     speculative_end: int = -1
+    speculative_at: float = 0.0
+    """When the speculative final was asked for (monotonic clock; its decode time goes to the debug log)."""
     early: CloudStream | None = None
     early_sent: int = 0
     early_p: float | None = None
@@ -125,6 +127,7 @@ class Session:
                 min_speech_ms=s.min_speech_ms,
                 max_utterance_s=s.max_utterance_s,
                 pre_roll_ms=s.pre_roll_ms,
+                end_pad_ms=s.end_pad_ms,
             )
         )
         self._pad = self._endpointer.config.end_pad_samples
@@ -137,7 +140,7 @@ class Session:
                 fast_ms=min(s.endpoint_fast_ms, base),
                 slow_ms=max(s.endpoint_slow_ms, base),
                 quiet_vad=s.endpoint_quiet_vad,
-                punctuation_confidence=s.endpoint_punctuation_confidence,
+                end_confidence=s.endpoint_end_confidence,
             )
         capacity = int((s.max_utterance_s + s.pre_roll_ms / 1000 + 10) * RATE)
         self._ring = RingBuffer(capacity)
@@ -269,7 +272,7 @@ class Session:
             # Speculative final: as soon as the padded end of a pause is in, decode what the final will be.
             end = utt.silence_at + self._pad
             if utt.speculative is None and self.rec.settings.speculative and now >= end:
-                utt.speculative_end = end
+                utt.speculative_end, utt.speculative_at = end, time.monotonic()
                 utt.speculative = asyncio.ensure_future(self._run_final(utt, end))
                 utt.speculative.add_done_callback(lambda f: self._on_speculative(utt, f))
             if not caps.native_streaming:
@@ -293,14 +296,23 @@ class Session:
         evidence = EndpointEvidence(
             text=d.text,
             finished=d.finished,
-            last_token_logprob=d.tokens[-1].logprob if d.tokens else None,
+            p_end=d.p_end,
             pilot_text=utt.pilot.text if utt.pilot is not None else None,
             punctuates=self.rec.model.capabilities.punctuation,
             pause_vad=tuple(utt.pause_vad),
         )
         decision = decide(evidence, self._adaptive)
         utt.endpoint = decision.verdict
-        log.debug("endpoint %s: %s, %d ms (%s)", utt.id, decision.verdict, decision.silence_ms, decision.why)
+        log.debug(
+            "endpoint %s: %s, %d ms (%s); speculative final %.0f ms, pause %.0f ms, p_end %s",
+            utt.id,
+            decision.verdict,
+            decision.silence_ms,
+            decision.why,
+            1000 * (time.monotonic() - utt.speculative_at),
+            1000 * (self._ring.total_written - (utt.silence_at or 0)) / RATE,
+            f"{d.p_end:.2f}" if d.p_end is not None else None,
+        )
         for event in self._endpointer.set_pause_silence(decision.silence_ms):
             self._on_endpoint(event)
 

@@ -102,6 +102,9 @@ class EdgeSettings(BaseSettings):
     """An utterance is cut here even if the speaker goes on."""
     pre_roll_ms: int = Field(default=300, ge=0, le=2000)
     """Audio kept from before the VAD fires, so first words are not clipped."""
+    end_pad_ms: int = Field(default=100, ge=0, le=1000)
+    """Audio after the first silent VAD window that belongs to the utterance. The speculative final
+    waits for it, so it is part of every open-mic final's latency."""
     adaptive_endpoint: bool = False
     """Let the speculative final decide how much silence ends the utterance: ``endpoint_fast_ms`` when it
     ends a sentence and is stable in a quiet pause, ``endpoint_slow_ms`` when it ends in a word like "and"
@@ -114,8 +117,9 @@ class EdgeSettings(BaseSettings):
     """Silence that ends an utterance judged incomplete (adaptive endpointing)."""
     endpoint_quiet_vad: float = Field(default=0.1, ge=0.0, le=1.0)
     """Highest VAD probability in a pause that still counts as quiet for a fast endpoint."""
-    endpoint_punctuation_confidence: float = Field(default=0.75, ge=0.0, le=1.0)
-    """Probability the sentence-ending punctuation needs for a fast endpoint."""
+    endpoint_end_confidence: float = Field(default=0.9, ge=0.0, le=1.0)
+    """Probability the model must give to the text ending where it ends (a full stop, question or
+    exclamation mark, or the end of the sequence, right after the last word) for a fast endpoint."""
 
     # -- pilot inference / offramps -------------------------------------------------------
     pilot: bool = True

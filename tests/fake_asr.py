@@ -9,6 +9,7 @@ confident (-0.01). The fake VAD calls a 512-sample window speech when its mean m
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -134,9 +135,12 @@ class FakeStream:
                 break
             reused += 1
         text = " ".join(self._model.spelled.get(t.id, f"w{t.id}") for t in tokens)
+        p_end = None
         if self._model.punctuation and text:
             text += "."
-        return Decoded(tuple(tokens), text, not stopped, len(tokens) + 1, reused, end, stopped)
+            # As sure the text ended as of its last word (a hard word ends a sentence in doubt).
+            p_end = None if stopped else math.exp(tokens[-1].logprob)
+        return Decoded(tuple(tokens), text, not stopped, len(tokens) + 1, reused, end, stopped, p_end)
 
     def advance(self, should_yield: YieldCheck) -> Decoded | None:
         self._model.advance_started.set()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 
@@ -16,11 +15,10 @@ from edge_agent.audio.adaptive_endpoint import (
 )
 
 CFG = AdaptiveEndpointConfig(base_ms=500, fast_ms=160, slow_ms=900, quiet_vad=0.1, rising_vad=0.2)
-SURE = math.log(0.95)
 DONE = EndpointEvidence(
     text="Turn the lights off in the kitchen.",
     finished=True,
-    last_token_logprob=SURE,
+    p_end=0.95,
     pilot_text="Turn the lights off in",
     punctuates=True,
     pause_vad=(0.3, 0.05, 0.02, 0.01),
@@ -38,6 +36,8 @@ def test_a_finished_stable_sentence_in_a_quiet_pause_ends_fast() -> None:
     # The pilot stopped mid-word: its last word is a fragment of the final's.
     assert verdict(pilot_text="Turn the lights off in the kit").verdict == "complete"
     assert verdict(text="Turn the lights down to 30%.", pilot_text="Turn the lights").verdict == "complete"
+    # The model ended without writing a full stop, yet was sure the text ended there.
+    assert verdict(text="Turn the lights off in the kitchen").verdict == "complete"
 
 
 @pytest.mark.parametrize(
@@ -63,9 +63,9 @@ def test_a_rising_vad_waits_longer() -> None:
 @pytest.mark.parametrize(
     ("changes", "why"),
     [
-        ({"text": "Turn the lights off in the kitchen"}, "no sentence end"),
-        ({"last_token_logprob": math.log(0.5)}, "sentence end uncertain (p=0.50)"),
-        ({"last_token_logprob": None}, "sentence end uncertain (p=0.00)"),
+        ({"p_end": 0.5}, "sentence end uncertain (p=0.50)"),
+        ({"p_end": 0.89}, "sentence end uncertain (p=0.89)"),
+        ({"p_end": None}, "sentence end unknown"),
         ({"finished": False}, "decode did not end by itself"),
         ({"pilot_text": "Turn the light of the"}, "pilot and final disagree"),
         ({"pause_vad": (0.05, 0.15, 0.12)}, "pause not quiet"),

@@ -282,6 +282,7 @@ class ScriptedDecoder:
 
     name = "scripted"
     bos_id, eos_id = BOS, EOS
+    end_ids = (EOS,)
 
     def __init__(self) -> None:
         self.calls = 0
@@ -500,3 +501,27 @@ def test_scripted_helpers_are_consistent() -> None:
     for position in range(len(SCRIPTED)):
         assert float(np.exp(_row(position)).sum()) == pytest.approx(1.0, abs=1e-6)
     assert np.exp(CTC_FRAMES).sum(axis=1) == pytest.approx(np.ones(len(CTC_FRAMES)))
+
+
+class MarkedDecoder(ScriptedDecoder):
+    """Token 5 is a sentence's end mark (like "."): the text "3 4 5" ends in one."""
+
+    end_ids = (EOS, 5)
+
+
+def test_p_end_is_the_end_mass_right_after_the_last_word() -> None:
+    rest = (1.0 - 0.9) / (VOCAB - 1)  # row 2 gives 0.9 to token 5, the rest evenly
+    # No end marks in the text: the mass at the end of sequence (P(EOS) = 0.9 there).
+    assert greedy_decode(ScriptedDecoder(), ENCODED).p_end == pytest.approx(0.9)
+    # Ending in a mark: the mass where the mark was chosen, mark and end of sequence together.
+    marked = MarkedDecoder()
+    for decoded in (
+        greedy_decode(marked, ENCODED),
+        greedy_decode(marked, ENCODED, pilot=[3, 4, 5]),  # verified pilot rows
+        greedy_decode(marked, ENCODED, pilot=[3, 4]),
+        greedy_decode(marked, ENCODED, hotwords=graph([6, 7], bonus=0.3)),  # biased search, no switch
+    ):
+        assert decoded.ids == (3, 4, 5)
+        assert decoded.p_end == pytest.approx(0.9 + rest, rel=1e-5)
+    # Cut before the end (an offramp's stop): not known.
+    assert greedy_decode(ScriptedDecoder(), ENCODED, stop=lambda tokens: len(tokens) == 2).p_end is None

@@ -46,6 +46,11 @@ class Decoded:
     """16 kHz samples from the start of the utterance that this hypothesis covers."""
     stopped: bool = False
     """A final the offramp's stop check ended early (it holds only the start of the utterance)."""
+    p_end: float | None = None
+    """P(the text ends where it ends): the probability the model gave, right after the last word, to a
+    sentence-ending mark or the end of the sequence (None: the model does not say, or the decode was cut
+    before it ended). Adaptive endpointing reads it: a model unsure whether to *write* a full stop is
+    not unsure that the sentence is over."""
 
     @property
     def ids(self) -> tuple[int, ...]:

@@ -7,12 +7,14 @@ says how long the pause must last:
 * ``incomplete`` -> ``slow_ms``: the text ends in a word that cannot end a sentence (a conjunction, an
   article, a preposition: "and", "the", "of"...) or in a comma, or the VAD probability is rising again
   inside the pause (the speaker is taking a breath, not stopping).
-* ``complete`` -> ``fast_ms``: the model writes punctuation and the text ends a sentence (``.``, ``?``,
-  ``!``) with that token's probability at least ``punctuation_confidence``; the model ended the decode
-  itself (end of sequence); the pilot's words but its last (a pilot may cut a word in half) are a prefix
-  of the final's (the running hypothesis held);
-  and the VAD probability of the pause's last ``QUIET_WINDOWS`` windows is at most ``quiet_vad`` (well
-  below the speech threshold; the first windows of a pause are still fading out).
+* ``complete`` -> ``fast_ms``: the model writes punctuation and, right after the text's last word, gave
+  at least ``end_confidence`` to ending it there (a ``.``, ``?`` or ``!``, or the end of the sequence:
+  ``Decoded.p_end``; Moonshine often hesitates between writing the full stop and stopping without one,
+  which is no doubt that the sentence is over); the model ended the decode itself (end of sequence);
+  the pilot's words but its last (a pilot may cut a word in half) are a prefix of the final's (the
+  running hypothesis held); and the VAD probability of the pause's last ``QUIET_WINDOWS`` windows is
+  at most ``quiet_vad`` (well below the speech threshold; the first windows of a pause are still fading
+  out).
 * otherwise ``base_ms`` (the fixed endpoint's ``min_silence_ms``).
 
 A model that writes no punctuation (the conformer) never gets ``complete``: its text alone cannot tell
@@ -23,7 +25,6 @@ Pure: no audio, no model, no clock.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,7 +43,6 @@ DANGLING = frozenset(
     """.split()
 )
 _WORD = re.compile(r"[a-z0-9']+")  # numbers are words: "down to 30%." does not end with "to"
-_TERMINAL = (".", "?", "!")
 QUIET_WINDOWS = 2
 
 
@@ -59,15 +59,16 @@ class AdaptiveEndpointConfig:
     rising_vad: float = 0.2
     """A VAD probability inside the pause this high, and above the pause's minimum by half of it, is a
     speaker about to go on."""
-    punctuation_confidence: float = 0.75
-    """Probability of the sentence-ending token needed to call the text complete."""
+    end_confidence: float = 0.9
+    """Probability the model must give to the text ending where it ends (``EndpointEvidence.p_end``)
+    to call it complete."""
 
     def __post_init__(self) -> None:
         if not 0 < self.fast_ms <= self.base_ms <= self.slow_ms:
             raise ValueError(
                 f"need 0 < fast_ms <= base_ms <= slow_ms, got {self.fast_ms}, {self.base_ms}, {self.slow_ms}"
             )
-        for name in ("quiet_vad", "rising_vad", "punctuation_confidence"):
+        for name in ("quiet_vad", "rising_vad", "end_confidence"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -80,8 +81,8 @@ class EndpointEvidence:
     """The speculative final's text."""
     finished: bool
     """The model ended the decode itself (not cut by a bound or a stop check)."""
-    last_token_logprob: float | None
-    """log P of the final's last token (the punctuation mark when the text ends in one)."""
+    p_end: float | None
+    """P(the text ends where it ends), from the model (``Decoded.p_end``; None: not known)."""
     pilot_text: str | None
     """The last pilot's text (None when no pilot ran)."""
     punctuates: bool
@@ -122,11 +123,10 @@ def decide(evidence: EndpointEvidence, config: AdaptiveEndpointConfig) -> Endpoi
         return EndpointDecision("incomplete", config.slow_ms, "VAD rising in the pause")
     if not evidence.punctuates:
         return EndpointDecision("default", config.base_ms, "model writes no punctuation")
-    if not text.endswith(_TERMINAL):
-        return EndpointDecision("default", config.base_ms, "no sentence end")
-    p_end = math.exp(evidence.last_token_logprob) if evidence.last_token_logprob is not None else 0.0
-    if p_end < config.punctuation_confidence:
-        return EndpointDecision("default", config.base_ms, f"sentence end uncertain (p={p_end:.2f})")
+    if evidence.p_end is None:
+        return EndpointDecision("default", config.base_ms, "sentence end unknown")
+    if evidence.p_end < config.end_confidence:
+        return EndpointDecision("default", config.base_ms, f"sentence end uncertain (p={evidence.p_end:.2f})")
     if not evidence.finished:
         return EndpointDecision("default", config.base_ms, "decode did not end by itself")
     pilot = words(evidence.pilot_text or "")[:-1]  # its last word may be cut off mid-word

@@ -36,6 +36,11 @@ class EncoderDecoder(Protocol):
     bos_id: int
     eos_id: int
 
+    @property
+    def end_ids(self) -> Sequence[int]:
+        """The end of sequence and the tokens that end a sentence (".", "?", "!"): ``Decoded.p_end``."""
+        ...
+
     def encode(self, audio: np.ndarray) -> Encoded:
         """Run the encoder on 16 kHz float32 mono audio."""
         ...

@@ -28,6 +28,20 @@ def _info(logprobs: np.ndarray, token: int) -> TokenInfo:
     return TokenInfo(token, float(logprobs[token]), entropy)
 
 
+def _end_mass(model: EncoderDecoder, logprobs: np.ndarray) -> float:
+    """Probability of ending the text at this position (a sentence's end mark or end of sequence)."""
+    return float(np.exp(logprobs[list(model.end_ids)]).sum())
+
+
+def _after_last_word(model: EncoderDecoder, tokens: Sequence[TokenInfo]) -> int:
+    """Position of the first of the text's trailing end marks (``len(tokens)``: it has none)."""
+    marks = set(model.end_ids)
+    i = len(tokens)
+    while i > 0 and tokens[i - 1].id in marks:
+        i -= 1
+    return i
+
+
 def greedy_decode(
     model: EncoderDecoder,
     encoded: Encoded,
@@ -48,10 +62,12 @@ def greedy_decode(
     tokens: list[TokenInfo] = []
     # Row i of the pass predicts the token after position i; accept pilot tokens while they match.
     agreed = 0
+    ends: list[float] = []  # each token's row's P(end), for Decoded.p_end
     for i, expected in enumerate(pilot):
         if int(np.argmax(logprobs[i])) != expected:
             break
         tokens.append(_info(logprobs[i], expected))
+        ends.append(_end_mass(model, logprobs[i]))
         agreed += 1
     reused = agreed
     next_logprobs = logprobs[agreed]
@@ -59,6 +75,7 @@ def greedy_decode(
     finished = False
     while len(tokens) < limit:
         token = int(np.argmax(next_logprobs))
+        ends.append(_end_mass(model, next_logprobs))
         if token == model.eos_id:
             finished = True
             break
@@ -70,7 +87,9 @@ def greedy_decode(
         next_logprobs, cache = model.step(encoded, cache, token)
         calls += 1
     ids = [t.id for t in tokens]
-    return Decoded(tuple(tokens), model.detokenize(ids), finished, calls, reused)
+    last = _after_last_word(model, tokens)
+    p_end = ends[last] if last < len(ends) else None
+    return Decoded(tuple(tokens), model.detokenize(ids), finished, calls, reused, p_end=p_end)
 
 
 def _common(a: Sequence[int], b: Sequence[int]) -> int:
@@ -149,7 +168,9 @@ def _biased_decode(
             rewind(back)
     ids = [t.id for t in tokens]
     reused = _common(ids, pilot)
-    return Decoded(tuple(tokens), model.detokenize(ids), finished, calls, reused)
+    last = _after_last_word(model, tokens)
+    p_end = _end_mass(model, rows[last]) if last < len(rows) else None
+    return Decoded(tuple(tokens), model.detokenize(ids), finished, calls, reused, p_end=p_end)
 
 
 def _keep(cache: DecoderCache, length: int) -> DecoderCache:

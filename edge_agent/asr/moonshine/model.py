@@ -62,6 +62,7 @@ class MoonshineModel:
         self._encoder = ort.InferenceSession(str(files.encoder), options, providers=providers)
         self._decoder = ort.InferenceSession(str(files.decoder), options, providers=providers)
         self._text = TextDecoder(files.tokenizer)
+        self.end_ids = (EOS_ID, *self._text.sentence_end_ids)
         names = [i.name for i in self._decoder.get_inputs()]
         self._layers = sum(1 for n in names if n.endswith(".decoder.key"))
         head = next(i for i in self._decoder.get_inputs() if i.name.endswith(".decoder.key"))

@@ -121,6 +121,7 @@ class MoonshineStream:
         stopped = False
         finished = True
         reused = calls = 0
+        p_end: float | None = None
         encoded: Encoded | None = None
         pieces = split_long(audio, self._rec.max_chunk_s)
         for i, (a, b) in enumerate(pieces):
@@ -137,12 +138,15 @@ class MoonshineStream:
             reused += decoded.reused_tokens
             calls += decoded.decoder_calls
             finished = finished and decoded.finished
+            p_end = decoded.p_end  # the text ends in the last piece
             if stop is not None and not decoded.finished and stop(tokens):
                 stopped = True
                 break
         self._final_encoded = encoded if len(pieces) == 1 else None
         text = model.detokenize([t.id for t in tokens])
-        return Decoded(tuple(tokens), text, finished, calls, reused, samples=len(audio), stopped=stopped)
+        return Decoded(
+            tuple(tokens), text, finished, calls, reused, samples=len(audio), stopped=stopped, p_end=p_end
+        )
 
     def n_best(self, n: int) -> list[Hypothesis]:
         if self._final_encoded is None:

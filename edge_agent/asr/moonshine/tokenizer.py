@@ -65,6 +65,11 @@ class TextDecoder:
         # Pieces that open a new word carry SentencePiece's word-boundary mark.
         self._word_start = [piece.startswith("▁".encode()) for piece in vocab]
         self._ids: dict[str, int] = {}
+        # Every piece that is a sentence's end mark, with or without the word mark (" ." is a piece too);
+        # the byte pieces of ".", "?" and "!" (ids 36, 49, 66) count as well.
+        self.sentence_end_ids = tuple(
+            idx for idx, piece in enumerate(vocab) if piece.replace("▁".encode(), b"") in (b".", b"?", b"!")
+        )
         for idx, piece in enumerate(vocab):
             if idx > _BYTE_LAST:  # not the special pieces (<unk>, <s>, </s>) nor the byte pieces
                 self._ids.setdefault(piece.decode("utf-8", errors="replace"), idx)
