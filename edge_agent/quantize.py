@@ -6,11 +6,13 @@ Methods, all onnxruntime's own quantization tools:
   quantized per call (``quantize_dynamic``).
 - ``int4``: weight-only 4-bit blockwise MatMul (``MatMulNBits``, symmetric blocks of 32); activations and
   arithmetic stay fp32.
-- ``w8``: the same weight-only MatMul with 8-bit blocks: int8 weights in memory, fp32 arithmetic.
+- ``w8``: the same weight-only MatMul with 8-bit blocks, multiplied in int8 (accuracy level 4).
+  Weights that ship as int8 (Moonshine's) keep their very integers (``edge_agent.int8_weights``);
+  others are quantized from fp32 (symmetric blocks of 32).
 
-Every method starts from fp32 graphs. The shipped graphs already hold int8 weights, but behind
-``DequantizeLinear`` nodes that onnxruntime folds into fp32 initializers when it loads them (which is
-why the agent holds fp32 weights in memory); that folded graph is what gets quantized here.
+The shipped graphs hold int8 weights behind dequantization nodes that onnxruntime folds into fp32
+initializers when it loads them (which is why the agent held fp32 weights in memory). ``int8`` and
+``int4`` start from that folded fp32 graph; ``w8`` packs the shipped integers as they are.
 
 The new graphs must agree with the source on real speech: both decode every check clip, and the share
 of the source's tokens the new model reproduces (1 - token edit distance / source tokens) must reach
@@ -43,7 +45,7 @@ BLOCK_SIZE = 32
 MIN_AGREEMENT = 0.85
 """Default share of the source's tokens the new model must reproduce on the check clips."""
 REPORT = "quantization.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bump when the quantized graphs this module writes change (the agent's cached copies are rebuilt)."""
 
 
@@ -265,6 +267,8 @@ def quantize(
 ) -> Check:
     """Write ``spec``'s model quantized by ``method`` to the new directory ``out``, if it agrees with the
     source on ``clips``; otherwise raise QuantizationRefused and write nothing."""
+    from edge_agent.int8_weights import pack_int8_weights
+
     if out.exists():
         raise FileExistsError(f"{out} exists; quantize writes a new directory")
     graphs, others = source_graphs(spec, cache_dir)
@@ -275,12 +279,15 @@ def quantize(
     try:
         with tempfile.TemporaryDirectory() as scratch:
             for graph in graphs:
-                fp32 = Path(scratch) / graph.name
-                log.info("%s: folding weights to fp32", graph.source.name)
-                fold_weights(graph.source, fp32)
+                start = Path(scratch) / graph.name
+                if method == "w8" and (packed := pack_int8_weights(graph.source, start)):
+                    log.info("%s: %d int8 weights packed as they ship", graph.source.name, packed)
+                else:
+                    log.info("%s: folding weights to fp32", graph.source.name)
+                    fold_weights(graph.source, start)
                 log.info("%s: quantizing (%s)", graph.name, method)
-                quantize_graph(fp32, build / graph.name, method)
-                fp32.unlink()
+                quantize_graph(start, build / graph.name, method)
+                start.unlink()
         for path in others:
             shutil.copy2(path, build / path.name)
         check = compare(source, transcripts(load(ModelSpec(spec.family, build)), clips), clips)
