@@ -45,19 +45,12 @@ def spans(hypothesis: Sequence[str], size: int) -> list[str]:
 
 def similarity(phrase: str, hypotheses: Sequence[str]) -> float:
     """How closely some span of some hypothesis spells ``phrase``: 0..1, 1 for an exact match."""
-    target = "".join(words(phrase))
-    if not target:
+    target, size = "".join(words(phrase)), len(words(phrase))
+    candidates = [span for hypothesis in hypotheses for span in spans(words(hypothesis), size)]
+    if not target or not candidates:
         return 0.0
-    size = len(words(phrase))
-    best = 0.0
-    for hypothesis in hypotheses:
-        candidates = spans(words(hypothesis), size)
-        match = (
-            extractOne(target, candidates, scorer=Levenshtein.normalized_similarity) if candidates else None
-        )
-        if match is not None:
-            best = max(best, float(match[1]))
-    return best
+    match = extractOne(target, candidates, scorer=Levenshtein.normalized_similarity)
+    return float(match[1]) if match is not None else 0.0
 
 
 def relevant_hotwords(
@@ -66,5 +59,25 @@ def relevant_hotwords(
     """The hotwords (in their order) some span of ``hypotheses`` spells with at least ``threshold``
     similarity. No hypothesis text at all keeps none: a first pass that heard nothing gives no phrase
     a reason to be in the prompt."""
-    texts = [h for h in hypotheses if words(h)]
-    return tuple(phrase for phrase in hotwords if texts and similarity(phrase, texts) >= threshold)
+    texts = [w for w in (words(h) for h in hypotheses) if w]
+    if not texts:
+        return ()
+    # The spans of each phrase length are built once: a long hypothesis has thousands.
+    by_size: dict[int, list[str]] = {}
+    kept = []
+    for phrase in hotwords:
+        phrase_words = words(phrase)
+        if not phrase_words:
+            continue
+        size = len(phrase_words)
+        if size not in by_size:
+            by_size[size] = [span for text in texts for span in spans(text, size)]
+        match = extractOne(
+            "".join(phrase_words),
+            by_size[size],
+            scorer=Levenshtein.normalized_similarity,
+            score_cutoff=threshold,
+        )
+        if match is not None:
+            kept.append(phrase)
+    return tuple(kept)
