@@ -1004,7 +1004,9 @@ def render(report: dict[str, Any], seconds: float) -> str:
         "sentences 9 points up with the 100-phrase list (runaway repetitions of boosted word starts). "
         "Whisper pays for a long prompt: a list of names makes it hear names in ordinary speech, so the "
         "cloud gives the list only the first phrases that fit a token budget (`CLOUD_HOTWORD_PROMPT_TOKENS`,"
-        f" tuned below{_lists_kept(report)}). The bundled conformer transcribes few of these sentences at "
+        f" tuned below{_lists_kept(report)}), and (the cloud's default) only the phrases the edge's "
+        "hypothesis spells closely: the relevance filter below; the Whisper rows above are without it. "
+        "The bundled conformer transcribes few of these sentences at "
         "all (three of the four held-out voices are voices it never trained on, and the words are unknown "
         "to it): a list cannot make it spell a word it does not hear, so its figures barely move.",
     ]
@@ -1059,7 +1061,8 @@ def render(report: dict[str, Any], seconds: float) -> str:
     lines += [
         "",
         "Reproduce: `.venv/bin/python scripts/bench_hotwords.py` (decodes are cached in "
-        "`.cache/bench-hotwords/`).",
+        "`.cache/bench-hotwords/`; `--systems whisper --budgets 96 --filter-only` reruns the filter's part "
+        "alone).",
         MARK_END,
     ]
     return "\n".join(lines) + "\n"
@@ -1080,6 +1083,12 @@ def render_filter(report: dict[str, Any]) -> str:
 
     def change(figure: Figures) -> str:
         return f"{figure.wer:.1%} ({100 * (figure.wer - base):+.1f} points)"
+
+    def gain(f: dict[str, Any]) -> float:
+        """The share of the whole list's held-out recall gain (over no list) the filtered list keeps."""
+        none, whole_list = held["no list"].recall, held["list"].recall
+        span = whole_list[0] - none[0]
+        return (f["held-out"].recall[0] - none[0]) / span if span else 0.0
 
     def meets(f: dict[str, Any]) -> bool:
         return max(f["unrelated list"].wer, f[ONE_DOMAIN].wer) - base <= MAX_REGRESSION
@@ -1129,14 +1138,22 @@ def render_filter(report: dict[str, Any]) -> str:
             if meets(edge)
             else "still misses the 0.5-point target"
         )
-        + f". The filter itself costs {edge['cost_ms']:.2f} ms per request on these lists "
-        f"({edge['cost_100_ms']:.2f} ms with 100 phrases), in the gRPC handler.",
+        + f" ({100 * (max(edge['unrelated list'].wer, edge[ONE_DOMAIN].wer) - base):+.1f} points at most; "
+        f"a figure on {clips['ordinary']} clips is itself good to about ±0.3 points) and keeps "
+        f"{gain(edge):.0%} of the list's held-out recall gain. The filter itself costs "
+        f"{edge['cost_ms']:.2f} ms per request on these lists ({edge['cost_100_ms']:.2f} ms with 100 "
+        "phrases), in the gRPC handler. In service the cloud sees the utterances the edge found hard, "
+        "whose hypotheses are worse than on these clips (all of them decoded), so it may keep fewer of "
+        "the phrases said.",
     ]
     if "filter-self" in entry:
-        pass_ms, request_ms = entry["filter-self"]["pass_ms"]
+        own = entry["filter-self"]
+        pass_ms, request_ms = own["pass_ms"]
         lines[-1] += (
-            f" Whisper's own greedy pass would cost {pass_ms:.0f} ms per request besides the encoder it "
-            f"shares (mean of 20 held-out clips; the request itself: {request_ms:.0f} ms)."
+            f" Whisper's own greedy pass is not built: it would cost {pass_ms:.0f} ms per request besides "
+            f"the encoder it shares (mean of 20 held-out clips; the request itself: {request_ms:.0f} ms) "
+            f"and keep only {gain(own):.0%} of the recall gain, so requests without edge hypotheses keep "
+            "their whole list."
         )
     lines += [
         "",
