@@ -735,8 +735,9 @@ class WhisperEngine:
         Whisper to hear names everywhere: the full 100-phrase list (~400 tokens, cut to the window) cost
         1.6 WER points on ordinary tuning sentences in a first run; on 168 ordinary tuning clips the first
         96 tokens' worth cost 0.1 points (64 tokens 0.3, 48 tokens 0.4: shorter is not safer), yet 1.4 on
-        the held-out ones, so no budget makes an unrelated list free. Every list of the usual size (15-20
-        phrases, 52-86 tokens) fits 96 whole (BENCHMARKS.md, hotwords)."""
+        the held-out ones, so no budget makes an unrelated list free: the gRPC service first drops the
+        phrases the edge's hypotheses do not spell (``cloud_server.hotword_filter``). Every list of the
+        usual size (15-20 phrases, 52-86 tokens) fits 96 whole (BENCHMARKS.md, hotwords)."""
         text = hotword_text(hotwords)
         limit = self.hotword_prompt_tokens or int(self._model.max_length) // 2 - 1
         if text is None or self._count_tokens(text) <= limit:

@@ -15,6 +15,7 @@ from asr_common.protos import speech_pb2, speech_pb2_grpc
 from cloud_server.audio import InvalidAudioError, check_duration, pcm16_to_float
 from cloud_server.auth import bearer_ok
 from cloud_server.engine import EdgeCandidate, RequestCancelledError
+from cloud_server.hotword_filter import relevant_hotwords
 from cloud_server.pilot import LatestPilot
 from cloud_server.pool import OverloadedError
 from cloud_server.replay import AnswerCache, utterance_key
@@ -30,6 +31,8 @@ SERVICE_NAME = speech_pb2.DESCRIPTOR.services_by_name["CloudRecognizer"].full_na
 MAX_HOTWORDS = 200
 MAX_HOTWORD_CHARS = 100
 MAX_LANGUAGES = 100  # Whisper knows 99 (100 with Cantonese)
+# The edge's ``reason_detail`` when its offramp stopped the final decode midway (edge_agent.offramp).
+_DECODE_STOPPED = "decode_stopped"
 _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 if TYPE_CHECKING:
     _Handler = grpc.RpcMethodHandler[Any, Any]
@@ -68,7 +71,8 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
     def _options(
         self, config: speech_pb2.RecognitionConfig, edge_context: speech_pb2.EdgeContext | None = None
     ) -> RecognizeOptions:
-        """The request's options; hotwords are the config's, then the edge context's."""
+        """The request's options; hotwords are the config's, then the edge context's (with the relevance
+        filter on, only those the edge's final hypotheses spell closely: ``relevant_to_edge``)."""
         s = self._runtime.settings
         if config.n_best > s.max_n_best:
             raise InvalidAudioError(f"n_best {config.n_best} is above the limit of {s.max_n_best}")
@@ -80,6 +84,8 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
         if config.language and languages and config.language not in languages:
             raise InvalidAudioError(f"unsupported language {config.language[:40]!r}")
         hotwords = _hotwords(config.hotwords, edge_context.hotwords if edge_context is not None else ())
+        if hotwords and edge_context is not None:
+            hotwords = relevant_to_edge(hotwords, edge_context, s)
         allowed = tuple(dict.fromkeys(config.languages))
         if len(allowed) > MAX_LANGUAGES:
             raise InvalidAudioError(f"{len(allowed)} languages; at most {MAX_LANGUAGES}")
@@ -236,6 +242,28 @@ class CloudRecognizerService(speech_pb2_grpc.CloudRecognizerServicer):
     async def _invalid(self, context: grpc.aio.ServicerContext[Any, Any], message: str) -> None:
         self._runtime.metrics.requests.labels("grpc", "StreamingRecognize", "INVALID_ARGUMENT").inc()
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def relevant_to_edge(
+    hotwords: tuple[str, ...], edge_context: speech_pb2.EdgeContext, settings: CloudSettings
+) -> tuple[str, ...]:
+    """The hotwords worth Whisper's prompt: with ``hotword_filter`` on and the edge's hypotheses of the
+    whole utterance at hand (a final context), those some hypothesis spells closely. The rest keep the
+    whole list: a context sent before the end of speech (an early escalation) or after the offramp
+    stopped the final decode holds a hypothesis of part of the audio only; speech the edge judged not
+    English gets English-sounding guesses from it; a request without hypotheses has nothing to judge by."""
+    texts = [h.text for h in edge_context.n_best]
+    partial = not edge_context.is_final or edge_context.reason_detail == _DECODE_STOPPED
+    if not settings.hotword_filter or partial or edge_context.other_language or not texts:
+        return hotwords
+    kept = relevant_hotwords(hotwords, texts, settings.hotword_filter_threshold)
+    log.debug(
+        "hotword filter keeps %d of %d phrases",
+        len(kept),
+        len(hotwords),
+        extra={"utterance_id": edge_context.utterance_id},
+    )
+    return kept
 
 
 def _hotwords(*lists: Sequence[str]) -> tuple[str, ...]:

@@ -115,6 +115,35 @@ def test_grpc_hotwords_reach_whisper(bench: Any, stub: Any, cloud_clip: np.ndarr
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_grpc_filter_keeps_the_hotwords_the_edge_hypothesis_spells(
+    bench: Any, cloud: ThreadedCloud, stub: Any, cloud_clip: np.ndarray
+) -> None:
+    assert cloud.server.settings.hotword_filter  # the default this test runs with
+    phrases = bench.domain_list(CLOUD_CASE[0])
+
+    def recognize(hypothesis: str, final: bool, utterance: str) -> str:
+        context = speech_pb2.EdgeContext(
+            utterance_id=utterance,
+            hotwords=phrases,
+            is_final=final,
+            n_best=[speech_pb2.EdgeHypothesis(text=hypothesis, confidence=0.2)],
+        )
+        request = speech_pb2.RecognizeRequest(
+            config=speech_pb2.RecognitionConfig(language="en", sample_rate_hz=RATE),
+            audio=pcm16(cloud_clip),
+            context=context,
+        )
+        return str(stub.Recognize(request, timeout=120).hypotheses[0].text)
+
+    # The edge's misspellings still match: Whisper gets those two phrases and spells both.
+    text = recognize("Move the is tio sidecar settings into the argo repository.", True, "filter-1")
+    assert _spelled(bench, text) == ["Istio", "Argo"], text
+    # A final hypothesis that spells none of the list leaves Whisper without it, as with no list
+    # (which contexts are filtered at all: tests/test_hotword_filter.py).
+    text = recognize("Turn off all the lights upstairs.", True, "filter-2")
+    assert _spelled(bench, text) == [], text
+
+
 def test_rest_prompt_biases_like_hotwords(bench: Any, cloud: ThreadedCloud, cloud_clip: np.ndarray) -> None:
     import io
 
