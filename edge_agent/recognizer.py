@@ -13,7 +13,7 @@ from edge_agent.asr.interface import AsrModel
 from edge_agent.asr.registry import load_model
 from edge_agent.audio.vad import SileroVad, VadModel
 from edge_agent.confidence import Calibration
-from edge_agent.language import LanguagePolicy, language_policy
+from edge_agent.language import ENGLISH, LanguagePolicy, language_policy
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.offload import OffloadTarget
 from edge_agent.offramp import OfframpPolicy
@@ -45,6 +45,14 @@ class Recognizer:
             self.offload = OffloadTarget(settings.target_offload_rate, self.policy.threshold)
         self.language: LanguagePolicy | None = language_policy(self.model.name, settings.languages)
         """The language offramp (None: off, every utterance is taken as English)."""
+        if settings.cloud_target and not settings.other_languages_to_cloud and self.cloud_detects_language:
+            # Escalated audio of any language would reach the cloud: the promise cannot be kept.
+            raise ValueError(
+                f"EDGE_OTHER_LANGUAGES_TO_CLOUD=false needs an edge model that can tell other languages "
+                f"(the bundled Moonshine); {self.model.name} has no language offramp, so the audio it "
+                "escalates could be in any language. Use the bundled Moonshine, run without a cloud, or "
+                "set EDGE_LANGUAGES=en to send every escalation to the cloud as English."
+            )
         self.escalator: Escalator | None = None
         self.sessions: dict[str, Session] = {}
         self.metrics = EdgeMetrics(self._queue_depth, lambda: float(len(self.sessions)))
@@ -60,6 +68,12 @@ class Recognizer:
             self.policy.early_threshold,
             self.policy.stop_threshold,
         )
+
+    @property
+    def cloud_detects_language(self) -> bool:
+        """Every escalation asks the cloud to detect the language: other languages are allowed, but this
+        edge model has no language offramp to judge them itself (the bundled conformer, a user's model)."""
+        return self.language is None and tuple(self.settings.languages) != (ENGLISH,)
 
     def _queue_depth(self) -> float:
         return float(self.escalator.queue_depth) if self.escalator is not None else 0.0

@@ -256,6 +256,44 @@ def test_client_asks_for_detection_only_for_other_language_speech() -> None:
     assert client.config(queued).language == ""
 
 
+def test_client_of_an_edge_without_a_language_offramp_always_asks_for_detection() -> None:
+    client = CloudClient(
+        "localhost:1", None, 1.0, 3, CircuitBreaker(3, 1.0), languages=("en", "es"), detect_always=True
+    )
+    for context in (speech_pb2.EdgeContext(utterance_id="u"), None):
+        config = client.config(context)
+        assert config.language == "" and list(config.languages) == ["en", "es"] and config.n_best == 3
+
+
+def _settings(tmp_path: Path, **overrides: Any) -> EdgeSettings:
+    return EdgeSettings(
+        calibration_path=write_calibration(tmp_path / "calibration.json"),
+        queue_path=tmp_path / "queue.sqlite3",
+        **overrides,
+    )
+
+
+def test_an_edge_model_without_a_language_offramp_lets_the_cloud_detect(tmp_path: Path) -> None:
+    # The scripted model ("fake") has no language model, as the bundled conformer has none.
+    rec = Recognizer(_settings(tmp_path, cloud_target="127.0.0.1:1"), model=_Model(), vad=FakeVad())
+    assert rec.language is None and rec.cloud_detects_language
+    english_only = _settings(tmp_path, cloud_target="127.0.0.1:1", languages="en")
+    assert not Recognizer(english_only, model=_Model(), vad=FakeVad()).cloud_detects_language
+    rec.language = LanguagePolicy(BY_LOGPROB)  # an edge that judges the language itself
+    assert not rec.cloud_detects_language
+
+
+def test_privacy_needs_an_edge_model_that_can_tell_other_languages(tmp_path: Path) -> None:
+    private = _settings(tmp_path, cloud_target="127.0.0.1:1", other_languages_to_cloud=False)
+    with pytest.raises(ValueError, match="EDGE_OTHER_LANGUAGES_TO_CLOUD=false needs an edge model"):
+        Recognizer(private, model=_Model(), vad=FakeVad())
+    # Nothing can leave the device without a cloud, and EDGE_LANGUAGES=en sends everything as English.
+    no_cloud = _settings(tmp_path, cloud_target="", other_languages_to_cloud=False)
+    Recognizer(no_cloud, model=_Model(), vad=FakeVad())
+    english = _settings(tmp_path, cloud_target="127.0.0.1:1", other_languages_to_cloud=False, languages="en")
+    Recognizer(english, model=_Model(), vad=FakeVad())
+
+
 # -- the session's routing, on the scripted model and cloud --------------------------------------------
 
 

@@ -17,6 +17,8 @@ import soundfile as sf
 import soxr
 
 from asr_common.protos import speech_pb2, speech_pb2_grpc
+from edge_agent.asr.registry import load_model
+from edge_agent.settings import EdgeSettings
 from tests.edge_client import EdgeClient, pcm16, with_silence
 from tests.servers import ThreadedCloud, ThreadedEdge, edge_settings
 from tests.speech import Clip, wer
@@ -147,3 +149,25 @@ def test_cloud_detects_within_the_allow_list(
             ask(["es", "xx"])
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "xx" in (refused.value.details() or "")
+
+
+def test_an_edge_model_that_cannot_tell_languages_lets_the_cloud_detect_every_escalation(
+    tmp_path: Path, cloud: ThreadedCloud, foreign: list[tuple[str, str, np.ndarray]], tts_clips: list[Clip]
+) -> None:
+    # The bundled conformer has no language offramp: each escalation (here forced, so that every clip
+    # goes) asks the cloud to detect the language instead of asking for English.
+    conformer = load_model(EdgeSettings(model="conformer"))
+    edge = _edge(tmp_path, conformer, cloud, model="conformer", always_cloud=True)
+    try:
+        assert edge.rec.language is None and edge.rec.cloud_detects_language
+        for language, text, audio in foreign[::2]:
+            (final,) = _finals(edge, audio)
+            assert final["escalated"] and final["reason"] == "forced" and final["source"] == "cloud", final
+            assert final["language"] == language and final["transcribed"]
+            assert _cer(text, final["text"]) <= 0.35, (text, final["text"])
+        clip = tts_clips[0]
+        finals = _finals(edge, clip.samples())
+        assert all(f["language"] == "en" and f["source"] == "cloud" for f in finals), finals
+        assert wer([clip.text], [" ".join(f["text"] for f in finals)]) <= 0.1
+    finally:
+        edge.stop()

@@ -186,8 +186,11 @@ class CloudClient:
         stream_max_s: float = 300.0,
         credentials: grpc.ChannelCredentials | None = None,
         languages: Sequence[str] = (),
+        detect_always: bool = False,
     ) -> None:
-        """``languages``: the allow-list the cloud detects other-language speech among (empty: any)."""
+        """``languages``: the allow-list the cloud detects other-language speech among (empty: any).
+        ``detect_always``: every request asks the cloud to detect the language, for an edge model that
+        cannot judge it itself (no language offramp fitted on it)."""
         if deadline_s <= 0:
             raise ValueError("deadline_s must be positive")
         if not target:
@@ -202,15 +205,16 @@ class CloudClient:
         self._stream_max_s = stream_max_s
         self._credentials = credentials
         self._languages = list(languages)
+        self._detect_always = detect_always
         self._channel: grpc.aio.Channel | None = None
         self._stub: CloudRecognizerAsyncStub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def config(self, context: speech_pb2.EdgeContext | None = None) -> speech_pb2.RecognitionConfig:
         """English, the language of the edge models; for speech the edge judged another language
-        (``context.other_language``, kept in queued escalations too) no language: the cloud detects it
-        among the allow-list."""
-        other = context is not None and context.other_language
+        (``context.other_language``, kept in queued escalations too), and for every request of an edge
+        that cannot judge it (``detect_always``), no language: the cloud detects it among the allow-list."""
+        other = self._detect_always or (context is not None and context.other_language)
         return speech_pb2.RecognitionConfig(
             language="" if other else "en",
             languages=self._languages if other else [],

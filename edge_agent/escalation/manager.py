@@ -39,6 +39,7 @@ class Escalator:
             self.breaker,
             credentials=channel_credentials(settings),
             languages=settings.languages,
+            detect_always=rec.cloud_detects_language,
         )
         self.queue = EscalationQueue(settings.queue_path, settings.queue_max_items, settings.queue_max_age_s)
         self.retry = RetryWorker(
