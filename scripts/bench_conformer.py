@@ -74,9 +74,12 @@ def worker(model_name: str, data: Path, per_set: int) -> dict[str, Any]:
     from edge_agent.settings import EdgeSettings
     from speech_bench.scoring import corpus_wer
 
-    family, _, head = model_name.partition("/")  # "conformer/rnnt": the bundled model's transducer head
+    # "conformer/rnnt": the bundled model's transducer head; "conformer:/dir/rnnt": a directory's
+    family, head = model_name, "auto"
+    if model_name.endswith(("/ctc", "/rnnt")):
+        family, _, head = model_name.rpartition("/")
     settings = EdgeSettings(
-        model=family, conformer_head=head or "auto", model_cache_dir=ROOT / ".cache" / "edge-models"
+        model=family, conformer_head=head, model_cache_dir=ROOT / ".cache" / "edge-models"
     )
     model = load_model(settings)
     streaming = model.capabilities.native_streaming
@@ -114,8 +117,10 @@ def _size_mb(model: str) -> float:
     if model.startswith("conformer"):
         from edge_agent.asr.conformer.stream import BUNDLED
 
-        names = ["model"] if model == "conformer" else ["encoder", "decoder", "joiner"]
-        return sum((BUNDLED / f"{n}.int8.onnx").stat().st_size for n in names) / 1e6
+        family, _, head = model.rpartition("/") if model.endswith(("/ctc", "/rnnt")) else (model, "", "")
+        folder = Path(family.partition(":")[2]) if ":" in family else BUNDLED
+        names = ["encoder", "decoder", "joiner"] if head == "rnnt" else ["model"]
+        return sum((folder / f"{n}.int8.onnx").stat().st_size for n in names) / 1e6
     cache = ROOT / ".cache" / "edge-models"
     return sum(p.stat().st_size for p in cache.rglob("*.onnx")) / 1e6 if cache.exists() else float("nan")
 
