@@ -69,15 +69,21 @@ def build_sets(data: Path, per_set: int) -> dict[str, list[tuple[np.ndarray, str
     return sets
 
 
+def _split_head(model_name: str) -> tuple[str, str]:
+    """A bench model name as (EDGE_MODEL, EDGE_CONFORMER_HEAD): ``conformer/rnnt`` is the bundled model's
+    transducer head, ``conformer:/dir/ctc`` a directory's CTC head, ``moonshine`` the family as is."""
+    if model_name.endswith(("/ctc", "/rnnt")):
+        family, _, head = model_name.rpartition("/")
+        return family, head
+    return model_name, "auto"
+
+
 def worker(model_name: str, data: Path, per_set: int) -> dict[str, Any]:
     from edge_agent.asr.registry import load_model
     from edge_agent.settings import EdgeSettings
     from speech_bench.scoring import corpus_wer
 
-    # "conformer/rnnt": the bundled model's transducer head; "conformer:/dir/rnnt": a directory's
-    family, head = model_name, "auto"
-    if model_name.endswith(("/ctc", "/rnnt")):
-        family, _, head = model_name.rpartition("/")
+    family, head = _split_head(model_name)
     settings = EdgeSettings(
         model=family, conformer_head=head, model_cache_dir=ROOT / ".cache" / "edge-models"
     )
@@ -116,9 +122,10 @@ def worker(model_name: str, data: Path, per_set: int) -> dict[str, Any]:
 def _size_mb(model: str) -> float:
     if model.startswith("conformer"):
         from edge_agent.asr.conformer.stream import BUNDLED
+        from edge_agent.asr.registry import parse_model_spec
 
-        family, _, head = model.rpartition("/") if model.endswith(("/ctc", "/rnnt")) else (model, "", "")
-        folder = Path(family.partition(":")[2]) if ":" in family else BUNDLED
+        family, head = _split_head(model)
+        folder = parse_model_spec(family).path or BUNDLED
         names = ["encoder", "decoder", "joiner"] if head == "rnnt" else ["model"]
         return sum((folder / f"{n}.int8.onnx").stat().st_size for n in names) / 1e6
     cache = ROOT / ".cache" / "edge-models"
