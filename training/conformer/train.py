@@ -55,6 +55,14 @@ def load_set(path: Path, sp: spm.SentencePieceProcessor | None) -> list[Clip]:
     ]
 
 
+def parse_extra(spec: str) -> tuple[Path, int]:
+    """``DIR`` or ``DIR:N`` (the split repeated N times)."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.isdigit() and int(tail) > 0:
+        return Path(head), int(tail)
+    return Path(spec), 1
+
+
 def train_tokenizer(texts: Sequence[str], out: Path, vocab: int) -> spm.SentencePieceProcessor:
     out.mkdir(parents=True, exist_ok=True)
     corpus = out / "corpus.txt"
@@ -220,10 +228,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path(".cache/conformer-data"))
     parser.add_argument(
         "--extra-data",
-        type=Path,
         nargs="*",
         default=[],
-        help="more data directories whose train split joins --data's (e.g. one built with --pool wordnet)",
+        help="more data directories whose train split joins --data's (e.g. one built with --pool wordnet); "
+        "DIR:N repeats that split N times per epoch (a small set of other voices, augmented anew each time)",
     )
     parser.add_argument("--out", type=Path, default=Path(".cache/conformer-train"))
     parser.add_argument("--minutes", type=float, default=100.0)
@@ -268,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     train = load_set(args.data / "train", sp)
     train, dev = train[:-DEV_CLIPS], train[-DEV_CLIPS:]
     for extra in args.extra_data:
-        train += load_set(extra / "train", sp)
+        folder, repeat = parse_extra(extra)
+        train += load_set(folder / "train", sp) * repeat
     print(f"train {len(train)} clips, {sum(len(c.audio) for c in train) / RATE / 3600:.2f} h", flush=True)
     model = StreamingConformer(cfg)
     if args.init is not None and not args.resume:
