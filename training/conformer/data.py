@@ -8,12 +8,13 @@ at random speeds; the fifth style (jf_nezumi) is held out. Each set is one ``.np
 concatenated, offsets) plus a JSON-lines manifest.
 
     python -m training.conformer.data --out .cache/conformer-data
-    python -m training.conformer.data --engine kokoro --count 2400 --out .cache/conformer-data-kokoro
+    python -m training.conformer.data --engine kokoro --count 1800 --out .cache/conformer-data-kokoro
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import subprocess
@@ -156,14 +157,15 @@ class _Kokoro:
         return np.asarray(soxr.resample(audio, KOKORO_RATE, RATE), dtype=np.float32)
 
 
-_KOKORO: list[_Kokoro] = []  # one per process, loaded at its first clip
+@functools.cache
+def _kokoro() -> _Kokoro:
+    """One per process, loaded at its first clip."""
+    return _Kokoro()
 
 
 def synthesize(text: str, voice: VoiceSpec) -> np.ndarray:
     if voice.engine == "kokoro":
-        if not _KOKORO:
-            _KOKORO.append(_Kokoro())
-        return _KOKORO[0](text, voice)
+        return _kokoro()(text, voice)
     if voice.engine in ("piper", "hibari"):
         return np.asarray(_neural(voice.engine)(text), dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
@@ -275,22 +277,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     r = random.Random(args.seed)
     train, test = sentence_pool(pool=args.pool, definitions=args.definitions)
-    if args.engine == "kokoro":
-        if args.only in (None, "train"):
-            rows = [(s, kokoro_voice(r)) for s in r.sample(train, min(len(train), args.count))]
-            write_set(args.out / "train", rows, args.workers)
-        if args.only in (None, "test"):
-            picked = r.sample(test, min(len(test), args.held_out_per_voice))
-            write_set(args.out / "test-seen-voices", [(s, kokoro_voice(r)) for s in picked], args.workers)
-            held_out = VoiceSpec("kokoro", KOKORO_HELD_OUT)
-            write_set(args.out / "test-new-voices", [(s, held_out) for s in picked], args.workers)
-        return
+    kokoro = args.engine == "kokoro"
+    voice = kokoro_voice if kokoro else train_voice
+
+    def held_out(r: random.Random) -> list[VoiceSpec]:
+        return [VoiceSpec("kokoro", KOKORO_HELD_OUT)] if kokoro else held_out_voices(r)
+
     if args.only in (None, "train"):
-        write_set(args.out / "train", [(s, train_voice(r)) for s in train], args.workers)
+        sentences = r.sample(train, min(len(train), args.count)) if kokoro else train
+        write_set(args.out / "train", [(s, voice(r)) for s in sentences], args.workers)
     if args.only in (None, "test"):
         picked = r.sample(test, min(len(test), args.held_out_per_voice))
-        write_set(args.out / "test-seen-voices", [(s, train_voice(r)) for s in picked], args.workers)
-        rows = [(s, v) for s in picked for v in held_out_voices(r)]
+        write_set(args.out / "test-seen-voices", [(s, voice(r)) for s in picked], args.workers)
+        rows = [(s, v) for s in picked for v in held_out(r)]
         write_set(args.out / "test-new-voices", rows, args.workers)
 
 
