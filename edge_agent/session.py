@@ -304,14 +304,17 @@ class Session:
         decision = decide(evidence, self._adaptive)
         utt.endpoint = decision.verdict
         log.debug(
-            "endpoint %s: %s, %d ms (%s); speculative final %.0f ms, pause %.0f ms, p_end %s",
+            "endpoint %s: %s, %d ms (%s); speculative final %.0f ms, pause %.0f ms (began at %.3f s), "
+            "p_end %s, text %r",
             utt.id,
             decision.verdict,
             decision.silence_ms,
             decision.why,
             1000 * (time.monotonic() - utt.speculative_at),
             1000 * (self._ring.total_written - (utt.silence_at or 0)) / RATE,
+            (utt.silence_at or 0) / RATE,
             f"{d.p_end:.2f}" if d.p_end is not None else None,
+            d.text,
         )
         for event in self._endpointer.set_pause_silence(decision.silence_ms):
             self._on_endpoint(event)

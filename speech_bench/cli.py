@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="only the first N utterances")
     p.add_argument("--out", type=Path, help="write the report (JSON) here")
     p.add_argument("--plots", type=Path, help="write PNG plots into this directory")
+    p.add_argument(
+        "--keep-logs",
+        type=Path,
+        help="keep the logs and queues of the services started here in DIR",
+        metavar="DIR",
+    )
     p.add_argument("--sweep", action="store_true", help="threshold sweep from recorded confidences")
     p.add_argument(
         "--from-report", type=Path, help="reuse a report's records (with --sweep) instead of streaming"
@@ -206,8 +212,12 @@ def main(argv: list[str] | None = None) -> None:
         utterances = load_manifests(args.manifests)
         if args.limit:
             utterances = utterances[: args.limit]
-        with tempfile.TemporaryDirectory(prefix="speech-bench-") as tmp:
-            records, resources = run_modes(args, utterances, Path(tmp))
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            records, resources = run_modes(args, utterances, args.keep_logs)
+        else:
+            with tempfile.TemporaryDirectory(prefix="speech-bench-") as tmp:
+                records, resources = run_modes(args, utterances, Path(tmp))
     report: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {

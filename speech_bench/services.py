@@ -102,7 +102,8 @@ def start_edge(
 ) -> Service:
     """``env``: more ``EDGE_*`` settings for this process (e.g. ``EDGE_MAX_SESSIONS``)."""
     port = free_port()
-    environ = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGE_LOG_LEVEL": "WARNING", **(env or {})}
+    # EDGE_LOG_LEVEL from the environment wins (DEBUG shows each endpoint decision in the log).
+    environ = {"EDGE_LOG_LEVEL": "WARNING", **os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     if model:
         environ["EDGE_MODEL"] = model
     with open(log, "ab") as out:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,12 +85,12 @@ def test_late_contextualization_modes_compare_the_same_model(tmp_path: Path, aud
     """late-ctx (encoder during ingestion) and whole-enc (encoder after the endpoint) run the same
     conformer on the same clips: identical texts, and each mode reports its own finalization latency."""
     manifest = audio_dir / "tts" / "manifest.jsonl"
-    out = tmp_path / "report.json"
+    out, logs = tmp_path / "report.json", tmp_path / "logs"
     script = Path(sys.executable).parent / "speech-bench"
     done = subprocess.run(
         [str(script), str(manifest), "--limit", "3", "--speed", "2", "--modes", "late-ctx", "whole-enc",
-         "--edge-model", "conformer", "--pattern", "open-mic", "--out", str(out)],
-        capture_output=True, text=True, timeout=900,
+         "--edge-model", "conformer", "--pattern", "open-mic", "--out", str(out), "--keep-logs", str(logs)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "EDGE_LOG_LEVEL": "INFO"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     modes = json.loads(out.read_text())["modes"]
@@ -99,3 +101,6 @@ def test_late_contextualization_modes_compare_the_same_model(tmp_path: Path, aud
     for data in (late, whole):
         assert data["finalize_ms"]["p50"] is not None and data["finalize_ms"]["p50"] >= 0
         assert all(r["finalize_ms"] for r in data["records"])
+    # --keep-logs keeps what the edges logged (the environment's EDGE_LOG_LEVEL wins): a line per final,
+    # 3 utterances in each of the two modes.
+    assert len(re.findall(r"final utterance=\S+ source=edge", (logs / "edge.log").read_text())) == 6
