@@ -5,8 +5,10 @@
 Runs ``speech-bench`` (edge only, modes ``edge-adaptive`` = adaptive endpointing and ``edge`` = 500 ms of
 silence) ``--runs`` times over the test clips in both patterns (open-mic: silence keeps coming after the
 speech, no ``stop``; push-to-talk: ``stop`` right after the speech), latency from the end of speech; then
-once over the pause set (pauses of 300-450 ms inside sentences, 1.2-2 s between them) for split and merged
-sentences. Prints the figures and writes them as a section of BENCHMARKS.md.
+once over each pause set (pauses of 300-450 ms inside sentences, 1.2-2 s between them; ``pauses``: each
+part of a sentence spoken as a sentence of its own, an afterthought; ``hesitations``: the pause cut into one
+reading of the whole sentence) for split and merged sentences. Prints the figures and writes them as a
+section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ CLIPS = (
     ROOT / ".cache" / "test-audio" / "pocketsphinx" / "manifest.jsonl",
     ROOT / ".cache" / "test-audio" / "tts" / "manifest.jsonl",
 )
-PAUSES = ROOT / ".cache" / "bench-sets" / "pauses" / "manifest.jsonl"
+PAUSE_SETS = {
+    "pauses": "each part of the sentence spoken as a sentence of its own (an afterthought)",
+    "hesitations": "the pause cut into one reading of the whole sentence (a hesitation)",
+}
+
+
+def pause_manifest(name: str) -> Path:
+    return ROOT / ".cache" / "bench-sets" / name / "manifest.jsonl"
 
 
 def speech_bench(manifests: list[Path], out: Path, extra: list[str]) -> dict[str, Any]:
@@ -51,7 +60,7 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def render(runs: list[dict[str, Any]], pauses: dict[str, Any] | None, clips: int, limit: int) -> str:
+def render(runs: list[dict[str, Any]], pauses: dict[str, dict[str, Any]], clips: int, limit: int) -> str:
     lines = [
         MARK_BEGIN,
         "## Open microphone: adaptive endpointing",
@@ -82,21 +91,31 @@ def render(runs: list[dict[str, Any]], pauses: dict[str, Any] | None, clips: int
                 f"| `{mode}` ({label}) | {pattern} | {wer_text} | {_ms(p50)} / {_ms(p95)} | {runs_p50} | "
                 f"{'; '.join(bad)} |"
             )
-    if pauses is not None:
+    if pauses:
         lines += [
             "",
-            f"False endpoints on the pause set (`.cache/bench-sets/pauses`, first {limit} items, open-mic, "
-            "one run): sentences split by a pause inside them, sentences merged into one final, and the "
-            "latency of each sentence that got a final of its own.",
+            f"False endpoints on the pause sets (`.cache/bench-sets/<set>`, first {limit} items each, "
+            "open-mic, one run): sentences split by a pause inside them, sentences merged into one final, "
+            "and the latency of each sentence that got a final of its own. Inner pauses: "
+            + "; ".join(f"`{name}`, {how}" for name, how in PAUSE_SETS.items() if name in pauses)
+            + ".",
             "",
-            "| mode | sentences split | merged | missed | spurious | sentence latency p50 / p95 ms |",
-            "|---|---|---|---|---|---|",
+            "| set | inner pauses | mode | sentences split | merged | missed | spurious "
+            "| sentence latency p50 / p95 ms |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for mode in MODES:
-            seg = pauses["modes"][mode].get("segmentation") or {}
-            lat = seg.get("sentence_latency_ms", {})
-            counts = " | ".join(str(seg.get(k, "-")) for k in ("split", "merged", "missed", "spurious"))
-            lines.append(f"| `{mode}` | {counts} | {_ms(lat.get('p50'))} / {_ms(lat.get('p95'))} |")
+        for name, report in pauses.items():
+            inner = sum(
+                bool(s["pauses"])
+                for line in pause_manifest(name).read_text().splitlines()[:limit]
+                for s in json.loads(line)["segments"]
+            )
+            for mode in MODES:
+                seg = report["modes"][mode].get("segmentation") or {}
+                lat = seg.get("sentence_latency_ms", {})
+                counts = " | ".join(str(seg.get(k, "-")) for k in ("split", "merged", "missed", "spurious"))
+                latency = f"{_ms(lat.get('p50'))} / {_ms(lat.get('p95'))}"
+                lines.append(f"| `{name}` | {inner} | `{mode}` | {counts} | {latency} |")
     lines += ["", MARK_END]
     return "\n".join(lines) + "\n"
 
@@ -104,12 +123,13 @@ def render(runs: list[dict[str, Any]], pauses: dict[str, Any] | None, clips: int
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--pause-items", type=int, default=12, help="pause-set items (0: skip)")
+    parser.add_argument("--pause-items", type=int, default=12, help="items of each pause set (0: skip)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N clips (a quick check)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / ".cache" / "bench-endpoint")
     parser.add_argument("--benchmarks-md", type=Path)
     args = parser.parse_args(argv)
-    missing = [m for m in (*CLIPS, *([PAUSES] if args.pause_items else [])) if not m.exists()]
+    pause_sets = [pause_manifest(name) for name in PAUSE_SETS] if args.pause_items else []
+    missing = [m for m in (*CLIPS, *pause_sets) if not m.exists()]
     if missing:
         sys.exit(f"missing {', '.join(map(str, missing))}: run scripts/build_test_audio.py and "
                  "scripts/build_bench_sets.py first")  # fmt: skip
@@ -120,10 +140,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         for k in range(args.runs)
     ]
-    pauses = None
-    if args.pause_items:
-        extra = ["--limit", str(args.pause_items)]
-        pauses = speech_bench([PAUSES], args.out_dir / "pauses.json", extra)
+    pauses = {
+        manifest.parent.name: speech_bench(
+            [manifest], args.out_dir / f"{manifest.parent.name}.json", ["--limit", str(args.pause_items)]
+        )
+        for manifest in pause_sets
+    }
     clips = sum(1 for m in CLIPS for line in m.read_text().splitlines() if line.strip())
     clips = min(clips, args.limit) if args.limit else clips
     section = render(runs, pauses, clips, args.pause_items)

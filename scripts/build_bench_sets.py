@@ -19,6 +19,14 @@ relative to the manifest, ``text``, ``duration``, ``kind`` for per-category WER,
   comma or a word boundary, the parts synthesized separately). Kind ``pauses``; ``segments`` gives each
   sentence's ``text``, ``speech_start``, ``speech_end`` and its inner ``pauses`` ([start, end]): an inner
   pause does not start a new segment, so an endpointer that ends an utterance there splits a sentence.
+  Each part ends as a sentence would (the engine reads it as one): a speaker adding an afterthought.
+* ``hesitations`` -- the ``pauses`` items (same sentences, voices, gaps and pause lengths), but each
+  inner pause is cut into ONE synthesis of the whole sentence, at the word boundary where the sentence
+  splits, so the words before it keep the run-on intonation of a sentence that goes on: a speaker
+  hesitating mid-sentence. The boundary comes from Whisper base's word times (the cloud's model, run
+  here with faster-whisper), moved to the quietest 10 ms within 50 ms of it; a sentence whose words up
+  to the boundary Whisper does not transcribe exactly (digits for numbers, say) keeps no inner pause. Kind
+  ``hesitations``, the same fields as ``pauses``.
 
 Rows of synthesized speech (``tts``, ``noisy``, ``pauses``) say where the speech is: ``speech_start``
 and ``speech_end``, seconds from the clip start to the first and past the last sample of speech (20 ms
@@ -33,8 +41,8 @@ the same in the full and the ``--small`` build) and cached: a set whose manifest
 unless ``--force``. TTS engines that are not installed are skipped with a note; the build fails only
 when none works. Install them with ``pip install -e '.[data]'`` and ``apt-get install flite espeak-ng``.
 
-Usage: ``python scripts/build_bench_sets.py [OUT_DIR] [--sets real tts noisy long pauses] [--force]
-[--small]``
+Usage: ``python scripts/build_bench_sets.py [OUT_DIR] [--sets real tts noisy long pauses hesitations]
+[--force] [--small]``
 (default OUT_DIR ``.cache/bench-sets``, or ``.cache/bench-sets-small`` with ``--small``).
 """
 
@@ -70,8 +78,8 @@ RATE = 16000
 SEED = 20270314
 # Bump a set's recipe when it changes, so a cached set built by an older recipe is noticed (see _cached).
 # tts and noisy 2: rows say where their speech starts and ends.
-RECIPES = {"real": 1, "tts": 2, "noisy": 2, "long": 1, "pauses": 1}
-SETS = ("real", "tts", "noisy", "long", "pauses")
+RECIPES = {"real": 1, "tts": 2, "noisy": 2, "long": 1, "pauses": 1, "hesitations": 1}
+SETS = ("real", "tts", "noisy", "long", "pauses", "hesitations")
 
 # Written for these sets only; grouped so the voice rotation below gives every voice every kind of text.
 SENTENCE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -733,39 +741,110 @@ def pause_items(count: int) -> list[list[str]]:
     return items
 
 
+Aligner = Callable[[np.ndarray, str], int | None]
+"""(a sentence's audio, the words it opens with) -> the sample where a pause may follow them, or None."""
+
+
+def whisper_aligner() -> Aligner:
+    """Word boundaries from Whisper base's word times (faster-whisper, the cloud's bundled model)."""
+    from faster_whisper import WhisperModel
+
+    from cloud_server.model_store import resolve_model
+    from cloud_server.settings import CloudSettings
+    from speech_bench.scoring import normalize
+
+    location = resolve_model("base", CloudSettings().model_cache_dir)
+    model = WhisperModel(str(location.path), device="cpu", compute_type="int8", cpu_threads=2)
+
+    def align(audio: np.ndarray, first: str) -> int | None:
+        segments, _ = model.transcribe(
+            audio, language="en", beam_size=1, word_timestamps=True, condition_on_previous_text=False
+        )
+        heard = [w for segment in segments for w in segment.words or ()]
+        # Whisper's words up to the boundary, read with its English normalizer (it writes numbers as
+        # digits): the boundary is trusted when they come to as many words as the first part's, the
+        # last of them the same, and a word follows (a name misheard before it does not move it).
+        wanted = normalize(first).split()
+        for at in range(1, len(heard)):
+            got = normalize("".join(w.word for w in heard[:at])).split()
+            if len(got) >= len(wanted):
+                if len(got) > len(wanted) or got[-1] != wanted[-1]:
+                    return None
+                end, start = heard[at - 1].end, heard[at].start
+                break
+        else:
+            return None
+        frame, margin = RATE // 100, int(0.05 * RATE)
+        lo = max(0, int(min(end, start) * RATE) - margin)
+        hi = min(len(audio) - frame, int(max(end, start) * RATE) + margin)
+        if hi <= lo:
+            return None
+        energy = [float(np.mean(audio[i : i + frame] ** 2)) for i in range(lo, hi, frame // 2)]
+        return lo + int(np.argmin(energy)) * (frame // 2) + frame // 2
+
+    return align
+
+
 def _pause_sentence(
-    synth: Synth, text: str, rng: np.random.Generator, seed: int, inner: bool
+    synth: Synth,
+    text: str,
+    rng: np.random.Generator,
+    seed: int,
+    inner: bool,
+    align: Aligner | None = None,
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """One sentence, leveled; with ``inner``, its two parts synthesized apart and joined by a pause.
-    Returns the audio (speech from its first to its last sample) and the inner pauses' sample spans."""
+    """One sentence, leveled; with ``inner``, a pause inside it: its two parts synthesized apart and
+    joined by the pause, or (``align``) the pause cut into one synthesis of the whole sentence where
+    ``align`` finds the parts' boundary (no pause when it finds none). Returns the audio (speech from
+    its first to its last sample) and the inner pauses' sample spans."""
     parts = split_sentence(text) if inner else None
+    pause = np.zeros(int(rng.uniform(*INNER_PAUSE_S) * RATE), np.float32) if parts else None
     pieces: list[np.ndarray] = []
+    if align is not None or parts is None or pause is None:
+        speech = _speech_only(synth(text, seed), text)
+        cut = align(speech, parts[0]) if align and parts and pause is not None else None
+        if cut is None or pause is None:
+            return _level(speech), []
+        return _level(np.concatenate([speech[:cut], pause, speech[cut:]])), [(cut, cut + len(pause))]
     pauses: list[tuple[int, int]] = []
     position = 0
-    for p, part in enumerate(parts or (text,)):
-        raw = synth(part, seed + p)
-        if len(raw) and float(np.abs(raw).max()) >= 1.0:
-            raise SystemExit(f"clipped on {part!r}")
-        bounds = _speech_bounds(raw)
-        if bounds is None:
-            raise SystemExit(f"no speech for {part!r}")
+    for p, part in enumerate(parts):
         if p:
-            pause = np.zeros(int(rng.uniform(*INNER_PAUSE_S) * RATE), np.float32)
             pauses.append((position, position + len(pause)))
             pieces.append(pause)
             position += len(pause)
-        # Cut at the speech exactly, so the pause is the one drawn, not that plus the engine's silence.
-        speech = raw[bounds[0] : bounds[1]]
+        speech = _speech_only(synth(part, seed + p), part)
         pieces.append(speech)
         position += len(speech)
     return _level(np.concatenate(pieces)), pauses
 
 
+def _speech_only(raw: np.ndarray, text: str) -> np.ndarray:
+    """The engine's output cut at the speech exactly, so a pause is the one drawn, not that plus the
+    engine's own silence."""
+    if len(raw) and float(np.abs(raw).max()) >= 1.0:
+        raise SystemExit(f"clipped on {text!r}")
+    bounds = _speech_bounds(raw)
+    if bounds is None:
+        raise SystemExit(f"no speech for {text!r}")
+    return raw[bounds[0] : bounds[1]]
+
+
 def build_pauses(out: Path, plan: Plan, *, force: bool = False) -> None:
-    """Items of 2-3 sentences in one voice, with pauses between sentences and inside some of them."""
-    target = out / "pauses"
+    """Items of 2-3 sentences in one voice, with pauses between sentences and inside some of them (each
+    part synthesized as a sentence)."""
+    _build_pause_items(out / "pauses", plan, force, None)
+
+
+def build_hesitations(out: Path, plan: Plan, *, force: bool = False) -> None:
+    """The pause items with each inner pause cut into one synthesis of its sentence."""
+    _build_pause_items(out / "hesitations", plan, force, whisper_aligner)
+
+
+def _build_pause_items(target: Path, plan: Plan, force: bool, aligner: Callable[[], Aligner] | None) -> None:
     if _cached(target, plan, force):
         return
+    align = aligner() if aligner is not None else None  # loaded only when the set is built
     check_sentences()
     voices = load_voices()
     available = list(voices)
@@ -789,7 +868,7 @@ def build_pauses(out: Path, plan: Plan, *, force: bool = False) -> None:
                 pieces.append(gap)
                 position += len(gap)
             seed = SEED + 100_000 + 100 * k + 10 * j
-            audio, pauses = _pause_sentence(voices[voice], text, rng, seed, j in inner)
+            audio, pauses = _pause_sentence(voices[voice], text, rng, seed, j in inner, align)
             segments.append(
                 {
                     "text": text,
@@ -807,10 +886,10 @@ def build_pauses(out: Path, plan: Plan, *, force: bool = False) -> None:
         problems = clip_problems(audio)
         if problems:
             raise SystemExit(f"{voice.engine}/{voice.name} pause item {k}: {', '.join(problems)}")
-        name = f"pauses_{k:03d}_{voice.engine}_{voice.name}.wav"
+        name = f"{target.name}_{k:03d}_{voice.engine}_{voice.name}.wav"
         duration = _write(target / name, audio)
         rows.append(
-            {"audio_filepath": name, "text": " ".join(sentences), "duration": duration, "kind": "pauses"}
+            {"audio_filepath": name, "text": " ".join(sentences), "duration": duration, "kind": target.name}
             | {"voice": voice.name, "speech_start": segments[0]["speech_start"]}
             | {"speech_end": segments[-1]["speech_end"], "segments": segments}
         )
@@ -824,6 +903,7 @@ BUILDERS: dict[str, tuple[tuple[str, ...], Callable[..., None]]] = {
     "noisy": (("tts",), build_noisy),
     "long": (("real", "tts"), build_long),
     "pauses": ((), build_pauses),
+    "hesitations": ((), build_hesitations),
 }
 
 
@@ -882,8 +962,8 @@ def summary(manifests: dict[str, list[Row]]) -> str:
         kinds = Counter(str(r["kind"]) for r in rows)
         total_clips, total_seconds = total_clips + len(rows), total_seconds + seconds
         counts = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
-        lines.append(f"{name:6s} {len(rows):4d} clips {seconds / 60:6.2f} min  {counts}")
-    lines.append(f"total  {total_clips:4d} clips {total_seconds / 60:6.2f} min")
+        lines.append(f"{name:11s} {len(rows):4d} clips {seconds / 60:6.2f} min  {counts}")
+    lines.append(f"{'total':11s} {total_clips:4d} clips {total_seconds / 60:6.2f} min")
     return "\n".join(lines)
 
 

@@ -165,14 +165,15 @@ def test_synthesized_rows_say_where_their_speech_is(builds: tuple[Path, Path]) -
         assert (row["speech_start"], row["speech_end"]) == (source["speech_start"], source["speech_end"])
 
 
-def test_pause_items_record_their_sentences_and_pauses(builds: tuple[Path, Path]) -> None:
-    target = builds[0] / "pauses"
+@pytest.mark.parametrize("name", ["pauses", "hesitations"])
+def test_pause_items_record_their_sentences_and_pauses(builds: tuple[Path, Path], name: str) -> None:
+    target = builds[0] / name
     rows = _rows(target)
     assert len(rows) == bench.SMALL.pause_items
     pool = set(bench.pause_pool())
     for row in rows:
         segments = row["segments"]
-        assert row["kind"] == "pauses" and 2 <= len(segments) <= 3
+        assert row["kind"] == name and 2 <= len(segments) <= 3
         assert row["text"] == " ".join(s["text"] for s in segments) and {s["text"] for s in segments} <= pool
         assert row["speech_start"] == segments[0]["speech_start"]
         assert row["speech_end"] == segments[-1]["speech_end"]
@@ -185,9 +186,34 @@ def test_pause_items_record_their_sentences_and_pauses(builds: tuple[Path, Path]
             for a, b in s["pauses"]:  # inside the sentence, not a new segment
                 assert s["speech_start"] < a < b < s["speech_end"] and 0.3 - 0.001 <= b - a <= 0.45 + 0.001
                 assert _peak(audio, a, b) < QUIET
-        assert any(s["pauses"] for s in segments), "every item pauses inside a sentence at least once"
+        if name == "pauses":
+            assert any(s["pauses"] for s in segments), "every item pauses inside a sentence at least once"
         assert _peak(audio, 0.0, row["speech_start"]) < QUIET
         assert _peak(audio, row["speech_end"], float(row["duration"])) < QUIET
+    # A hesitation is cut where Whisper heard the sentence's first part end; one it did not hear word
+    # for word keeps no pause, which must stay the exception.
+    inner = [s["pauses"] for row in rows for s in row["segments"]]
+    assert sum(map(bool, inner)) >= len(rows) // 2
+
+
+def test_hesitations_are_the_pause_items_spoken_in_one_breath(builds: tuple[Path, Path]) -> None:
+    """Same sentences, voices and inner-pause lengths as the pause items; the speech around a hesitation
+    is one synthesis of the whole sentence, so it is longer than the pause set's split sentence by less
+    than the second part's own leading and trailing edges would add."""
+    pauses, hesitations = (_rows(builds[0] / name) for name in ("pauses", "hesitations"))
+    for a, b in zip(pauses, hesitations, strict=True):
+        assert a["text"] == b["text"] and a["voice"] == b["voice"]
+        for x, y in zip(a["segments"], b["segments"], strict=True):
+            assert x["text"] == y["text"]
+            for (p0, p1), (h0, h1) in zip(x["pauses"], y["pauses"], strict=False):
+                assert abs((p1 - p0) - (h1 - h0)) < 0.002  # the same drawn pause length
+            if y["pauses"]:
+                # The pause sits where the first part ends: after its share of the sentence's words.
+                (h0, h1), words = y["pauses"][0], bench.split_sentence(y["text"])
+                assert words is not None
+                share = len(words[0].split()) / len(y["text"].split())
+                spoken = (h0 - y["speech_start"]) / (y["speech_end"] - y["speech_start"] - (h1 - h0))
+                assert abs(spoken - share) < 0.3, (y["text"], spoken, share)
 
 
 def test_sentences_split_at_a_comma_or_before_a_phrase() -> None:
