@@ -59,7 +59,7 @@ def summary(report: dict[str, Any]) -> str:
         s = d.get("segmentation")
         if s:
             lines.append(
-                f"pauses ({s['pattern']}) {mode}: {s['split']} of {s['sentences']} sentences split, "
+                f"false endpoints ({s['pattern']}) {mode}: {s['split']} of {s['sentences']} sentences split, "
                 f"{s['merged']} finals merging sentences, {s['missed']} missed, {s['spurious']} spurious "
                 f"({s['items']} items); latency of sentences with one final p50 "
                 f"{_ms(s['sentence_latency_ms']['p50'])} ms"
