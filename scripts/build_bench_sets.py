@@ -837,7 +837,11 @@ def build_pauses(out: Path, plan: Plan, *, force: bool = False) -> None:
 
 
 def build_hesitations(out: Path, plan: Plan, *, force: bool = False) -> None:
-    """The pause items with each inner pause cut into one synthesis of its sentence."""
+    """The pause items with each inner pause cut into one synthesis of its sentence (skipped, with a
+    note, where the cloud's Whisper is not installed)."""
+    if importlib.util.find_spec("faster_whisper") is None:
+        print("skipping hesitations: it needs faster-whisper (pip install -e '.[dev]')", file=sys.stderr)
+        return
     _build_pause_items(out / "hesitations", plan, force, whisper_aligner)
 
 
@@ -928,7 +932,7 @@ def build(
             builder(out, plan, force=again, cache=cache)
         else:
             builder(out, plan, force=again)
-    return {name: read_manifest(out / name) for name in order}
+    return {name: read_manifest(out / name) for name in order if (out / name / "manifest.jsonl").exists()}
 
 
 def write_eval_subset(out: Path) -> Path | None:
