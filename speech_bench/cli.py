@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.limit:
             utterances = utterances[: args.limit]
         if args.keep_logs:
+            if args.keep_logs.exists() and any(args.keep_logs.iterdir()):
+                # A queue left by an earlier run would replay its escalations into this one.
+                sys.exit(f"--keep-logs {args.keep_logs}: give a new or empty directory")
             args.keep_logs.mkdir(parents=True, exist_ok=True)
             records, resources = run_modes(args, utterances, args.keep_logs)
         else:

@@ -104,3 +104,8 @@ def test_late_contextualization_modes_compare_the_same_model(tmp_path: Path, aud
     # --keep-logs keeps what the edges logged (the environment's EDGE_LOG_LEVEL wins): a line per final,
     # 3 utterances in each of the two modes.
     assert len(re.findall(r"final utterance=\S+ source=edge", (logs / "edge.log").read_text())) == 6
+    # A used directory is refused (an earlier run's queue would replay into the next), before any stream.
+    again = subprocess.run(
+        [str(script), str(manifest), "--keep-logs", str(logs)], capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode != 0 and "give a new or empty directory" in again.stderr
