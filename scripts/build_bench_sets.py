@@ -28,10 +28,10 @@ relative to the manifest, ``text``, ``duration``, ``kind`` for per-category WER,
   to the boundary Whisper does not transcribe exactly (digits for numbers, say) keeps no inner pause. Kind
   ``hesitations``, the same fields as ``pauses``.
 
-Rows of synthesized speech (``tts``, ``noisy``, ``pauses``) say where the speech is: ``speech_start``
-and ``speech_end``, seconds from the clip start to the first and past the last sample of speech (20 ms
-frames within 40 dB of the loudest, before the silence added around it; ``noisy`` takes them from its
-clean source, since noise and reverberation do not move where the talker stopped).
+Rows of synthesized speech (``tts``, ``noisy``, ``pauses``, ``hesitations``) say where the speech is:
+``speech_start`` and ``speech_end``, seconds from the clip start to the first and past the last sample of
+speech (20 ms frames within 40 dB of the loudest, before the silence added around it; ``noisy`` takes
+them from its clean source, since noise and reverberation do not move where the talker stopped).
 
 Whisper base (int8) on the clean ``tts`` clips when this was written: hibari 0%, piper 1.0%, flite 5.2%
 (kal16 the hardest, 12.7%), espeak-ng 11.4% WER; on the noisy set from 7% (white 20 dB) to 43% (babble 5 dB).
@@ -754,7 +754,9 @@ def whisper_aligner() -> Aligner:
     from speech_bench.scoring import normalize
 
     location = resolve_model("base", CloudSettings().model_cache_dir)
-    model = WhisperModel(str(location.path), device="cpu", compute_type="int8", cpu_threads=2)
+    model = WhisperModel(
+        str(location.path), device="cpu", compute_type="int8", cpu_threads=2, local_files_only=True
+    )
 
     def align(audio: np.ndarray, first: str) -> int | None:
         segments, _ = model.transcribe(
@@ -798,14 +800,16 @@ def _pause_sentence(
     ``align`` finds the parts' boundary (no pause when it finds none). Returns the audio (speech from
     its first to its last sample) and the inner pauses' sample spans."""
     parts = split_sentence(text) if inner else None
-    pause = np.zeros(int(rng.uniform(*INNER_PAUSE_S) * RATE), np.float32) if parts else None
-    pieces: list[np.ndarray] = []
-    if align is not None or parts is None or pause is None:
+    if parts is None:
+        return _level(_speech_only(synth(text, seed), text)), []
+    pause = np.zeros(int(rng.uniform(*INNER_PAUSE_S) * RATE), np.float32)
+    if align is not None:
         speech = _speech_only(synth(text, seed), text)
-        cut = align(speech, parts[0]) if align and parts and pause is not None else None
-        if cut is None or pause is None:
+        cut = align(speech, parts[0])
+        if cut is None:
             return _level(speech), []
         return _level(np.concatenate([speech[:cut], pause, speech[cut:]])), [(cut, cut + len(pause))]
+    pieces: list[np.ndarray] = []
     pauses: list[tuple[int, int]] = []
     position = 0
     for p, part in enumerate(parts):
