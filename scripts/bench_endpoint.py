@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, default=ROOT / ".cache" / "bench-endpoint")
     parser.add_argument("--benchmarks-md", type=Path)
     args = parser.parse_args(argv)
-    pause_sets = [pause_manifest(name) for name in PAUSE_SETS] if args.pause_items else []
-    missing = [m for m in (*CLIPS, *pause_sets) if not m.exists()]
+    pause_sets = list(PAUSE_SETS) if args.pause_items else []
+    missing = [m for m in (*CLIPS, *map(pause_manifest, pause_sets)) if not m.exists()]
     if missing:
         sys.exit(f"missing {', '.join(map(str, missing))}: run scripts/build_test_audio.py and "
                  "scripts/build_bench_sets.py first")  # fmt: skip
@@ -141,10 +141,10 @@ def main(argv: list[str] | None = None) -> None:
         for k in range(args.runs)
     ]
     pauses = {
-        manifest.parent.name: speech_bench(
-            [manifest], args.out_dir / f"{manifest.parent.name}.json", ["--limit", str(args.pause_items)]
+        name: speech_bench(
+            [pause_manifest(name)], args.out_dir / f"{name}.json", ["--limit", str(args.pause_items)]
         )
-        for manifest in pause_sets
+        for name in pause_sets
     }
     clips = sum(1 for m in CLIPS for line in m.read_text().splitlines() if line.strip())
     clips = min(clips, args.limit) if args.limit else clips

@@ -197,9 +197,8 @@ def test_pause_items_record_their_sentences_and_pauses(builds: tuple[Path, Path]
 
 
 def test_hesitations_are_the_pause_items_spoken_in_one_breath(builds: tuple[Path, Path]) -> None:
-    """Same sentences, voices and inner-pause lengths as the pause items; the speech around a hesitation
-    is one synthesis of the whole sentence, so it is longer than the pause set's split sentence by less
-    than the second part's own leading and trailing edges would add."""
+    """Same sentences, voices and inner-pause lengths as the pause items, and each hesitation sits where
+    the sentence's first part ends (about its share of the words into the speech)."""
     pauses, hesitations = (_rows(builds[0] / name) for name in ("pauses", "hesitations"))
     for a, b in zip(pauses, hesitations, strict=True):
         assert a["text"] == b["text"] and a["voice"] == b["voice"]
