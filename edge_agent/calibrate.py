@@ -25,11 +25,13 @@ from edge_agent.confidence import (
     CALIBRATION_VERSION,
     CLOUD_FEATURES,
     EDGE_FEATURES,
+    PICK_FEATURES,
     Calibration,
     LogisticModel,
     cloud_features,
     edge_features,
     fit_logistic,
+    pick_features,
     pilot_agreement,
 )
 from edge_agent.settings import EdgeSettings
@@ -53,6 +55,8 @@ class Row:
     cloud: dict[str, float]
     model: str = ""
     """The edge model that decoded the clip."""
+    voice: str = ""
+    """The manifest's ``voice`` of the clip (for fits cross-validated by voice)."""
 
 
 def _load(manifest: Path) -> list[dict[str, object]]:
@@ -153,6 +157,7 @@ def collect(
                         1.0 - min(1.0, edge_vs_cloud),
                     ),
                     model=model.name,
+                    voice=str(item.get("voice", "")),
                 )
             )
             log.info("%s edge=%d cloud=%d errors: %s", Path(str(item["audio_filepath"])).name,
@@ -164,16 +169,52 @@ def simulate(
     rows: list[Row], p_final: np.ndarray, p_cloud: np.ndarray, threshold: float
 ) -> tuple[float, float]:
     """(hybrid WER, offload rate) when escalating above ``threshold`` and choosing by P(wrong)."""
+    return simulate_choice(rows, p_final, p_cloud < p_final, threshold)
+
+
+def simulate_choice(
+    rows: list[Row], scores: np.ndarray, take_cloud: np.ndarray, threshold: float
+) -> tuple[float, float]:
+    """(hybrid WER, offload rate) when escalating the rows whose ``scores`` are above ``threshold`` and
+    keeping the cloud's text of those where ``take_cloud``."""
     errors = 0
     escalated = 0
-    for row, pe, pc in zip(rows, p_final, p_cloud, strict=True):
-        if pe > threshold:
+    for row, score, cloud in zip(rows, scores, take_cloud, strict=True):
+        if score > threshold:
             escalated += 1
-            errors += row.cloud_errors if pc < pe else row.edge_errors
+            errors += row.cloud_errors if cloud else row.edge_errors
         else:
             errors += row.edge_errors
     words = sum(r.words for r in rows) or 1
     return errors / words, escalated / max(1, len(rows))
+
+
+def _best_threshold(
+    rows: list[Row], scores: np.ndarray, take_cloud: np.ndarray, max_offload: float
+) -> tuple[float, float, float]:
+    """(hybrid WER, threshold, offload) of the threshold with the lowest WER within ``max_offload``."""
+    best = (float("inf"), 1.0, 0.0)
+    for t in np.unique(np.concatenate([scores, [1.0]])):
+        wer, offload = simulate_choice(rows, scores, take_cloud, float(t))
+        if offload <= max_offload and wer < best[0] - 1e-12:
+            best = (wer, float(t), offload)
+    return best
+
+
+def fit_route(rows: list[Row]) -> tuple[LogisticModel, LogisticModel]:
+    """The ``route`` and ``pick`` models: P(the cloud's text has fewer errors than the edge's), from the
+    edge's final features, and from both sides' features (fitted on the clips where the two texts'
+    error counts differ, the only ones where the pick matters)."""
+    route = fit_logistic(
+        [r.final for r in rows], [float(r.cloud_errors < r.edge_errors) for r in rows], EDGE_FEATURES
+    )
+    differ = [r for r in rows if r.cloud_errors != r.edge_errors] or rows
+    pick = fit_logistic(
+        [pick_features(r.final, r.cloud) for r in differ],
+        [float(r.cloud_errors < r.edge_errors) for r in differ],
+        PICK_FEATURES,
+    )
+    return route, pick
 
 
 def _threshold_at_precision(scores: np.ndarray, wrong: np.ndarray, precision: float, floor: float) -> float:
@@ -200,11 +241,15 @@ def targets(rows: list[Row], labels: str) -> tuple[list[float], list[float]]:
 
 
 def fit(
-    rows: list[Row], max_offload: float, source: str, labels: str = "binary"
+    rows: list[Row], max_offload: float, source: str, labels: str = "binary", route: bool = False
 ) -> tuple[Calibration, dict[str, float]]:
-    models = {r.model for r in rows}
-    if len(models) > 1:
-        raise SystemExit(f"the features come from several edge models ({', '.join(sorted(models))}): fit one")
+    """The confidence models and thresholds. ``route``: also the ``route`` and ``pick`` models
+    (``fit_route``), and the escalation threshold on the route model's scale."""
+    edge_models = {r.model for r in rows}
+    if len(edge_models) > 1:
+        raise SystemExit(
+            f"the features come from several edge models ({', '.join(sorted(edge_models))}): fit one"
+        )
     edge_target, cloud_target = targets(rows, labels)
     final = fit_logistic([r.final for r in rows], edge_target, EDGE_FEATURES)
     pilot = fit_logistic([r.pilot for r in rows], edge_target, EDGE_FEATURES)
@@ -212,12 +257,7 @@ def fit(
     p_final = np.array([final.probability(r.final) for r in rows])
     p_pilot = np.array([pilot.probability(r.pilot) for r in rows])
     p_cloud = np.array([cloud.probability(r.cloud) for r in rows])
-    best = (float("inf"), 1.0, 0.0)
-    for t in np.unique(np.concatenate([p_final, [1.0]])):
-        wer, offload = simulate(rows, p_final, p_cloud, float(t))
-        if offload <= max_offload and wer < best[0] - 1e-12:
-            best = (wer, float(t), offload)
-    wer, threshold, offload = best
+    wer, threshold, offload = _best_threshold(rows, p_final, p_cloud < p_final, max_offload)
     # Early escalation and stopping a final need a precise "the edge will lose": with binary labels, any
     # error; with error-rate labels (nearly every clip has one), more errors than the cloud makes.
     wrong = np.asarray(
@@ -225,6 +265,12 @@ def fit(
     )
     early = _threshold_at_precision(p_pilot, wrong, 0.8, threshold)
     stop = _threshold_at_precision(p_pilot, wrong, 0.95, early)
+    models: tuple[LogisticModel, LogisticModel] | None = fit_route(rows) if route else None
+    scores = p_final
+    if models is not None:
+        scores = np.array([models[0].probability(r.final) for r in rows])
+        take = np.array([models[1].probability(pick_features(r.final, r.cloud)) > 0.5 for r in rows])
+        wer, threshold, offload = _best_threshold(rows, scores, take, max_offload)
     words = sum(r.words for r in rows) or 1
     report = {
         "utterances": float(len(rows)),
@@ -246,9 +292,11 @@ def fit(
         threshold=threshold,
         early_threshold=early,
         stop_threshold=stop,
-        score_quantiles=tuple(float(q) for q in np.percentile(p_final, np.linspace(0, 100, 101))),
+        score_quantiles=tuple(float(q) for q in np.percentile(scores, np.linspace(0, 100, 101))),
         source=source,
-        model=next(iter(models), ""),
+        model=next(iter(edge_models), ""),
+        route=models[0] if models else None,
+        pick=models[1] if models else None,
     )
     return calibration, report
 
@@ -273,6 +321,12 @@ def main(argv: list[str] | None = None) -> None:
         help="a features file of an earlier run on the same manifests: take the cloud's answers from it",
     )
     parser.add_argument("--max-offload", type=float, default=0.25)
+    parser.add_argument(
+        "--route",
+        action="store_true",
+        help="also fit the route and pick models: escalate by P(the cloud beats the edge), and keep the "
+        "text a model of both sides' features prefers",
+    )
     parser.add_argument(
         "--labels",
         choices=("binary", "wer"),
@@ -300,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         raise SystemExit("give manifests, or --features from an earlier run")
     source = ", ".join(sorted({r.manifest for r in rows})) + f"; {len(rows)} utterances"
-    calibration, report = fit(rows, args.max_offload, source, args.labels)
+    calibration, report = fit(rows, args.max_offload, source, args.labels, args.route)
     calibration.save(args.out)
     print(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

@@ -4,6 +4,12 @@ Three models share one versioned calibration file (``edge_agent/calibration/*.js
 ``final`` scores a finished edge decode, ``pilot`` scores a decode of partial audio (used for early
 escalation and for stopping a hopeless final decode), ``cloud`` scores a cloud hypothesis, so the edge
 can choose between the two results per utterance on the same scale.
+
+Two optional models decide by what escalating would gain instead (``edge-agent calibrate --route``):
+``route`` gives P(the cloud's text has fewer errors than the edge's) from the edge's decode alone, and
+escalation ranks utterances by it (an utterance the edge gets wrong is worth sending only when the cloud
+is likely to do better: in heavy noise both fail); ``pick`` gives the same probability from the edge's
+and the cloud's features together, and keeps the cloud's text when it is above one half.
 """
 
 from __future__ import annotations
@@ -43,6 +49,14 @@ CLOUD_FEATURES = (
     "edge_agreement",
     "repetition",
 )
+
+
+PICK_FEATURES = tuple(f"edge_{f}" for f in EDGE_FEATURES) + tuple(f"cloud_{f}" for f in CLOUD_FEATURES)
+
+
+def pick_features(edge: dict[str, float], cloud: dict[str, float]) -> dict[str, float]:
+    """The ``pick`` model's input: an utterance's edge and cloud features side by side."""
+    return {f"edge_{k}": v for k, v in edge.items()} | {f"cloud_{k}": v for k, v in cloud.items()}
 
 
 def repetition(items: Sequence[object], n: int = 3) -> float:
@@ -193,6 +207,22 @@ def cloud_p_wrong(
     return model.probability(cloud_features(avg_logprob, no_speech_prob, text, duration_s, agreement))
 
 
+def cloud_beats_edge(
+    model: LogisticModel,
+    edge: dict[str, float],
+    avg_logprob: float,
+    no_speech_prob: float,
+    text: str,
+    edge_text: str,
+    duration_s: float,
+) -> float:
+    """P(the cloud's text has fewer errors than the edge's), by a ``pick`` model; ``edge``: the edge
+    decode's features."""
+    agreement = 1.0 - min(1.0, word_error_rate(edge_text, text))
+    cloud = cloud_features(avg_logprob, no_speech_prob, text, duration_s, agreement)
+    return model.probability(pick_features(edge, cloud))
+
+
 @dataclass(frozen=True)
 class Calibration:
     version: int
@@ -210,6 +240,16 @@ class Calibration:
     source: str = ""
     model: str = ""
     """Name of the edge model the edge models were fitted on (``AsrModel.name``); empty if unrecorded."""
+    route: LogisticModel | None = None
+    """P(cloud beats edge) from the edge's features; when present, ``threshold`` and ``score_quantiles``
+    are on its scale and escalation follows it."""
+    pick: LogisticModel | None = None
+    """P(cloud beats edge) from both sides' features (``pick_features``); chooses the text when present."""
+
+    def escalation_score(self, features: dict[str, float]) -> float:
+        """What the escalation threshold applies to: P(cloud beats edge) with a ``route`` model, else
+        P(edge wrong)."""
+        return (self.route or self.final).probability(features)
 
     def threshold_for_offload(self, rate: float) -> float:
         """The threshold at which about ``rate`` of calibration utterances escalate."""
@@ -229,6 +269,9 @@ class Calibration:
             "source": self.source,
             "model": self.model,
         }
+        for name, extra in (("route", self.route), ("pick", self.pick)):
+            if extra is not None:
+                data[name] = extra.to_json()
         path.write_text(json.dumps(data, indent=1) + "\n")
 
     @classmethod
@@ -291,6 +334,8 @@ class Calibration:
             score_quantiles=tuple(float(v) for v in data["score_quantiles"]),
             source=str(data.get("source", "")),
             model=str(data.get("model", "")),
+            route=LogisticModel.from_json(data["route"]) if "route" in data else None,
+            pick=LogisticModel.from_json(data["pick"]) if "pick" in data else None,
         )
 
 

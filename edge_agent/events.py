@@ -180,11 +180,13 @@ def correction(
     cloud_text: str,
     p_cloud: float,
     language: str = ENGLISH,
+    p_cloud_better: float | None = None,
 ) -> dict[str, Any]:
     """A late cloud answer for an utterance whose final already went out; keeps the likelier result.
 
-    ``p_edge`` None: the edge had no usable text (speech judged not English); ``language``: the cloud's."""
-    source = choose(p_edge, p_cloud, language)
+    ``p_edge`` None: the edge had no usable text (speech judged not English); ``language``: the cloud's;
+    ``p_cloud_better``: the calibration's ``pick`` model, as ``offramp.choose`` takes it."""
+    source = choose(p_edge, p_cloud, language, p_cloud_better)
     chosen = p_cloud if source == "cloud" or p_edge is None else p_edge
     return {
         "type": "correction",

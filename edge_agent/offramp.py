@@ -26,6 +26,10 @@ class Decision:
     escalate: bool
     p_wrong: float
     reason: Reason | None = None
+    score: float | None = None
+    """What the threshold was applied to (``Calibration.escalation_score``); None: ``p_wrong``."""
+    features: dict[str, float] | None = None
+    """The decode's features (the ``pick`` model reads them with the cloud's)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,17 @@ class OfframpPolicy:
         target_offload_rate: float | None = None,
     ) -> OfframpPolicy:
         """Thresholds from the calibration file, or set directly, or derived from a target offload rate."""
+        if calibration.route is not None:
+            # The final threshold is on the route model's scale, the early and stop ones on the pilot
+            # model's P(wrong): they keep their calibrated values.
+            chosen = (
+                calibration.threshold_for_offload(target_offload_rate)
+                if target_offload_rate is not None
+                else calibration.threshold
+                if threshold is None
+                else threshold
+            )
+            return cls(calibration, chosen, calibration.early_threshold, calibration.stop_threshold)
         if target_offload_rate is not None:
             chosen = calibration.threshold_for_offload(target_offload_rate)
         elif threshold is not None:
@@ -89,8 +104,9 @@ class OfframpPolicy:
         the recent traffic: ``edge_agent.offload``)."""
         feats = edge_features(tokens, audio_s, speech_ratio, agreement, finished)
         p = self.calibration.final.probability(feats)
+        score = self.calibration.escalation_score(feats)
         limit = self.threshold if threshold is None else threshold
-        return Decision(p > limit, p, Reason.LOW_CONFIDENCE if p > limit else None)
+        return Decision(score > limit, p, Reason.LOW_CONFIDENCE if score > limit else None, score, feats)
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,10 @@ class EscalationPlan:
     """The cloud is asked to detect the language (the speech was judged not English), not told English."""
     edge_usable: bool = True
     """False when the final decode was judged not English: the edge's English text is no transcript."""
+    score: float = 0.0
+    """The escalation score (``Decision.score``), which a target offload follows."""
+    features: dict[str, float] | None = None
+    """The final decode's features (None for a decode the offramp stopped)."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +170,7 @@ def plan_escalation(
     escalate = allowed and (always_cloud or decision.escalate or stopped or early or detect)
     # A decode the offramp stopped holds only the start of the utterance: never prefer it.
     p_edge = 1.0 if stopped else decision.p_wrong
+    score = 1.0 if stopped else decision.p_wrong if decision.score is None else decision.score
     # An early escalation was counted when it began; one that asked for English and gives way to a
     # request for detection is a new escalation, for language.
     replaced = early and detect and not language.early
@@ -160,17 +181,27 @@ def plan_escalation(
         escalate and (not early or replaced),
         detect_language=escalate and detect,
         edge_usable=not language.other,
+        score=score,
+        features=None if stopped else decision.features,
     )
 
 
-def choose(edge_p_wrong: float | None, cloud_p_wrong: float | None, cloud_language: str = "en") -> str:
+def choose(
+    edge_p_wrong: float | None,
+    cloud_p_wrong: float | None,
+    cloud_language: str = "en",
+    p_cloud_better: float | None = None,
+) -> str:
     """Keep the result more likely to be right; ties go to the edge (no extra latency or cost).
 
     ``edge_p_wrong`` None: the edge has no usable text (the speech was judged not English). A cloud answer
     in another language than English is always kept: the English-only edge's text of such speech is
-    meaningless, and the two probabilities are not comparable."""
+    meaningless, and the two probabilities are not comparable. ``p_cloud_better`` (a calibration's
+    ``pick`` model, which judges both texts at once) decides instead of the two P(wrong) when given."""
     if cloud_p_wrong is None:
         return "edge"
     if edge_p_wrong is None or not is_english(cloud_language):
         return "cloud"
+    if p_cloud_better is not None:
+        return "cloud" if p_cloud_better > 0.5 else "edge"
     return "cloud" if cloud_p_wrong < edge_p_wrong else "edge"

@@ -34,7 +34,7 @@ from edge_agent.audio.endpoint import (
     SpeechStart,
 )
 from edge_agent.audio.ring import RingBuffer
-from edge_agent.confidence import cloud_p_wrong, pilot_agreement
+from edge_agent.confidence import cloud_beats_edge, cloud_p_wrong, pilot_agreement
 from edge_agent.escalation.client import CloudUnavailable
 from edge_agent.escalation.context import edge_context
 from edge_agent.language import ENGLISH, is_english
@@ -154,7 +154,7 @@ class Session:
         self._finals: list[asyncio.Task[None]] = []
         self._pilot_pending = False
         self._last_final: asyncio.Task[None] | None = None
-        self._edge_results: dict[str, tuple[str, float | None, float]] = {}
+        self._edge_results: dict[str, tuple[str, float | None, float, dict[str, float] | None]] = {}
         self.closed = False
 
     # -- input ---------------------------------------------------------------------------
@@ -547,10 +547,10 @@ class Session:
         if self.rec.offload is not None and plan.edge_usable:
             # Every English final moves the target offload's threshold, escalated or not; a decode the
             # offramp stopped counts as P(wrong) 1: it was above any threshold.
-            self.rec.offload.observe(plan.p_edge)
+            self.rec.offload.observe(plan.score)
             self.rec.metrics.escalation_threshold.set(self.rec.offload.threshold())
         cloud = events.NO_CLOUD
-        p_edge, edge_usable = plan.p_edge, plan.edge_usable
+        p_edge, edge_usable, edge_features = plan.p_edge, plan.edge_usable, plan.features
         if plan.escalate:
             cloud = await self._ask_cloud(utt, outcome, plan, duration, endpoint_at)
             if d.stopped and cloud.p_wrong is None:
@@ -559,7 +559,11 @@ class Session:
                 stream, samples = utt.stream, end - utt.start
                 d = await self.rec.worker.run_final(lambda: stream.finalize(samples))
                 replanned = self._plan(utt, d, end)
-                p_edge, edge_usable = replanned.p_edge, replanned.edge_usable
+                p_edge, edge_usable, edge_features = (
+                    replanned.p_edge,
+                    replanned.edge_usable,
+                    replanned.features,
+                )
         elif utt.early is not None:
             utt.early.cancel()  # other-language speech that must stay on the device
         edge_p = p_edge if edge_usable else None
@@ -567,13 +571,14 @@ class Session:
         if s.always_cloud and cloud.p_wrong is not None:
             source = "cloud"
         else:
-            source = choose(edge_p, cloud.p_wrong, language)
+            p_better = self._cloud_beats_edge(cloud, edge_features, d.text, duration)
+            source = choose(edge_p, cloud.p_wrong, language, p_better)
         self.rec.metrics.audio_seconds.inc(duration)
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)  # finals go out in order
         if self.closed:
             return
-        self._edge_results[utt.id] = (d.text, edge_p, duration)
+        self._edge_results[utt.id] = (d.text, edge_p, duration, edge_features)
         if len(self._edge_results) > _KEPT_RESULTS:  # kept only to score late corrections
             self._edge_results.pop(next(iter(self._edge_results)))
         latency = time.monotonic() - speech_end_at
@@ -661,10 +666,14 @@ class Session:
         """A queued escalation answered after its final went out: tell the client."""
         if self.closed or not cloud.hypotheses:
             return
-        edge_text, p_edge, duration = self._edge_results.get(utterance_id, ("", 1.0, 1.0))
+        edge_text, p_edge, duration, features = self._edge_results.get(utterance_id, ("", 1.0, 1.0, None))
         p_cloud = self._cloud_p_wrong(cloud, edge_text, duration)
+        verdict = events.CloudVerdict(cloud, p_cloud, pending=False)
+        p_better = self._cloud_beats_edge(verdict, features, edge_text, duration)
         text = cloud.hypotheses[0].text
-        self._emit(events.correction(utterance_id, edge_text, p_edge, text, p_cloud, cloud.language))
+        self._emit(
+            events.correction(utterance_id, edge_text, p_edge, text, p_cloud, cloud.language, p_better)
+        )
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -677,6 +686,19 @@ class Session:
             return 1.0 - best.confidence
         model = self.rec.calibration.cloud
         return cloud_p_wrong(model, best.avg_logprob, best.no_speech_prob, best.text, edge_text, duration)
+
+    def _cloud_beats_edge(
+        self, cloud: events.CloudVerdict, edge: dict[str, float] | None, edge_text: str, duration: float
+    ) -> float | None:
+        """P(cloud beats edge) by the calibration's ``pick`` model; None without one, without both texts,
+        or for a decode the offramp stopped."""
+        pick = self.rec.calibration.pick
+        if pick is None or edge is None or cloud.result is None or not cloud.result.hypotheses:
+            return None
+        best = cloud.result.hypotheses[0]
+        return cloud_beats_edge(
+            pick, edge, best.avg_logprob, best.no_speech_prob, best.text, edge_text, duration
+        )
 
     def _speech_ratio(self, start: int, end: int) -> float:
         first, last = start // 512, max(start // 512 + 1, end // 512)

@@ -6,6 +6,7 @@ import asyncio
 import math
 from collections import OrderedDict, deque
 from collections.abc import Hashable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,15 @@ from edge_agent.asr.moonshine.tokenizer import TextDecoder, read_vocab
 from edge_agent.confidence import (
     CLOUD_FEATURES,
     EDGE_FEATURES,
+    PICK_FEATURES,
     Calibration,
     LogisticModel,
+    cloud_beats_edge,
     edge_features,
     fit_logistic,
+    pick_features,
 )
-from edge_agent.offramp import OfframpPolicy, Reason, choose
+from edge_agent.offramp import OfframpPolicy, Reason, choose, plan_escalation
 from edge_agent.worker import InferenceWorker, Job, pick_next
 
 
@@ -154,6 +158,75 @@ def test_choose_keeps_the_likelier_result() -> None:
     assert choose(0.4, 0.1) == "cloud"
     assert choose(0.1, 0.4) == "edge"
     assert choose(0.3, 0.3) == "edge"
+    # A pick model's P(cloud beats edge) decides when given, not the two P(wrong).
+    assert choose(0.1, 0.4, "en", 0.7) == "cloud"
+    assert choose(0.4, 0.1, "en", 0.3) == "edge"
+    assert choose(0.4, 0.1, "en", 0.5) == "edge"  # a tie goes to the edge
+    assert choose(0.4, None, "en", 0.9) == "edge"  # no cloud text: nothing to pick
+    assert choose(None, 0.4, "en", 0.1) == "cloud"  # no usable edge text
+
+
+def _routed() -> Calibration:
+    # route: P(cloud beats edge) = sigmoid(-2 * mean_logprob - 1): -0.05 -> 0.29, -2.0 -> 0.95.
+    route = _flat_model(EDGE_FEATURES, -1.0, -2.0)
+    pick = _flat_model(PICK_FEATURES, 0.0, 1.0)
+    return replace(_calibration(), threshold=0.6, route=route, pick=pick)
+
+
+def test_policy_with_a_route_model_escalates_by_what_the_cloud_would_gain() -> None:
+    cal = _routed()
+    policy = OfframpPolicy.from_calibration(cal)
+    assert (policy.threshold, policy.early_threshold, policy.stop_threshold) == (0.6, 0.8, 0.95)
+    # The early and stop thresholds are on the pilot model's scale: a direct or target threshold on the
+    # route model's scale leaves them as calibrated.
+    direct = OfframpPolicy.from_calibration(cal, threshold=0.3)
+    assert (direct.threshold, direct.early_threshold, direct.stop_threshold) == (0.3, 0.8, 0.95)
+    by_rate = OfframpPolicy.from_calibration(cal, threshold=0.3, target_offload_rate=0.2)
+    assert by_rate.threshold == pytest.approx(0.8) and by_rate.early_threshold == 0.8
+    middling = policy.at_final(_tokens(-0.5), 3.0, 0.9, 1.0, True)
+    # P(edge wrong) = sigmoid(2 - 2) = 0.5, P(cloud beats edge) = sigmoid(1 - 1) = 0.5: below 0.6.
+    assert middling.p_wrong == pytest.approx(0.5) and middling.score == pytest.approx(0.5)
+    assert not middling.escalate
+    bad = policy.at_final(_tokens(-1.0), 3.0, 0.9, 1.0, True)
+    assert bad.escalate and bad.reason is Reason.LOW_CONFIDENCE
+    assert bad.score == pytest.approx(1 / (1 + math.exp(-1.0)))
+    assert bad.p_wrong == pytest.approx(1 / (1 + math.exp(-2.0)))
+    assert bad.features is not None and bad.features["mean_logprob"] == pytest.approx(-1.0)
+
+
+def test_plan_carries_the_score_and_features_except_for_a_stopped_decode() -> None:
+    policy = OfframpPolicy.from_calibration(_routed())
+    decision = policy.at_final(_tokens(-1.0), 3.0, 0.9, 1.0, True)
+    plan = plan_escalation(decision, False, False, False, True)
+    assert plan.escalate and plan.score == decision.score and plan.features == decision.features
+    stopped = plan_escalation(decision, True, False, False, True)
+    assert stopped.score == 1.0 and stopped.p_edge == 1.0 and stopped.features is None
+    # Without a route model the score is P(wrong) itself.
+    plain = OfframpPolicy.from_calibration(_calibration()).at_final(_tokens(-1.0), 3.0, 0.9, 1.0, True)
+    assert plan_escalation(plain, False, False, False, True).score == plain.p_wrong
+
+
+def test_a_pick_model_reads_both_sides_features() -> None:
+    pick = _flat_model(PICK_FEATURES, 0.0, 1.0)  # P = sigmoid(edge mean log-prob)
+    edge = dict.fromkeys(EDGE_FEATURES, 0.0) | {"mean_logprob": 2.0}
+    p = cloud_beats_edge(pick, edge, -0.3, 0.01, "turn on the light", "turn on the lights", 2.0)
+    assert p == pytest.approx(1 / (1 + math.exp(-2.0)))
+    feats = pick_features(edge, dict.fromkeys(CLOUD_FEATURES, 1.0))
+    assert (
+        set(feats) == set(PICK_FEATURES)
+        and feats["edge_mean_logprob"] == 2.0
+        and feats["cloud_repetition"] == 1.0
+    )
+
+
+def test_a_calibration_with_route_and_pick_saves_and_loads(tmp_path: Path) -> None:
+    cal = _routed()
+    path = tmp_path / "routed.json"
+    cal.save(path)
+    assert Calibration.load(path) == cal
+    feats = edge_features(_tokens(-1.0), 3.0, 0.9, 1.0)
+    assert cal.escalation_score(feats) == pytest.approx(1 / (1 + math.exp(-1.0)))
+    assert _calibration().escalation_score(feats) == _calibration().final.probability(feats)
 
 
 def test_edge_features() -> None:
@@ -169,8 +242,11 @@ def test_edge_features() -> None:
 def test_shipped_calibration_loads() -> None:
     cal = Calibration.load()
     assert 0.0 < cal.threshold < 1.0
-    assert cal.threshold <= cal.early_threshold <= cal.stop_threshold <= 1.0
+    assert cal.early_threshold <= cal.stop_threshold <= 1.0
     assert len(cal.score_quantiles) == 101
+    # Moonshine's escalates by the route model (its threshold is on that scale) and picks with both sides.
+    assert cal.route is not None and cal.pick is not None and cal.model == "moonshine-base"
+    assert cal.score_quantiles[0] <= cal.threshold <= cal.score_quantiles[-1]
 
 
 def test_tokenizer_decodes_moonshine_ids() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from edge_agent.confidence import Calibration
 from edge_agent.escalation.queue import EscalationQueue
 from edge_agent.offramp import Reason
 from speech_bench.services import free_port, start_edge
@@ -393,9 +395,12 @@ def test_health_and_metrics(edge: ThreadedEdge, real_clips: list[Clip], tts_clip
 def test_early_escalation_streams_audio_before_end_of_speech(
     edge_model: Any, cloud_tiny: ThreadedCloud, tmp_path: Path, real_clips: list[Clip]
 ) -> None:
-    # Threshold 0: every pilot looks "hard", so the utterance goes to the cloud while it is spoken.
+    # Early threshold 0: every pilot looks "hard", so the utterance goes to the cloud while it is spoken
+    # (a stop threshold of 1 lets the final decode finish).
+    calibration = tmp_path / "early.json"
+    replace(Calibration.load(), early_threshold=0.0, stop_threshold=1.0).save(calibration)
     settings = edge_settings(
-        tmp_path, cloud_tiny.grpc_target, escalation_threshold=0.0, cloud_deadline_s=PATIENT_S
+        tmp_path, cloud_tiny.grpc_target, calibration_path=str(calibration), cloud_deadline_s=PATIENT_S
     )
     edge = ThreadedEdge(settings, edge_model).start()
     try:

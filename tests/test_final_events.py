@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from asr_common.protos import speech_pb2
@@ -34,7 +36,10 @@ DOUBTFUL = Decision(True, 0.7, Reason.LOW_CONFIDENCE)
 def test_escalation_plan(
     decision: Decision, stopped: bool, early: bool, always: bool, cloud: bool, expected: EscalationPlan
 ) -> None:
-    assert plan_escalation(decision, stopped, early, always, cloud) == expected
+    plan = plan_escalation(decision, stopped, early, always, cloud)
+    # The score a target offload follows is P(wrong) here (no route model); a stopped decode counts as 1.
+    assert plan.score == (1.0 if stopped else decision.p_wrong)
+    assert replace(plan, score=0.0) == expected
 
 
 def _decoded(text: str) -> Decoded:

@@ -181,7 +181,10 @@ def test_escalation_plan_for_other_languages(
     language: LanguageState,
     expected: EscalationPlan,
 ) -> None:
-    assert plan_escalation(decision, stopped, early, always, cloud, language) == expected
+    plan = plan_escalation(decision, stopped, early, always, cloud, language)
+    # The score a target offload follows is P(wrong) here (no route model); a stopped decode counts as 1.
+    assert plan.score == (1.0 if stopped else decision.p_wrong)
+    assert replace(plan, score=0.0) == expected
 
 
 def test_choose_keeps_the_cloud_for_other_languages() -> None:
