@@ -43,6 +43,11 @@ def _cell(point: figures.SweepPoint) -> str:
 def render(report: Path, model: str) -> str:
     scored = figures.wer_records(_records_from_report(report)["cloud"])
     calibration = Calibration.for_model(model, None)
+    if calibration.route is not None:
+        # The records hold P(edge wrong); this calibration's thresholds are on its route model's scale.
+        raise SystemExit(
+            f"{model}'s calibration escalates by a route model: replay it with scripts/bench_routing.py"
+        )
     oracle = figures.oracle(scored)
     lines = [
         BEGIN,

@@ -1,20 +1,24 @@
-"""Which utterances should the edge send to the cloud? Routing models fitted on one labelled set, judged
-on sets they never saw, and BENCHMARKS.md's "Routing" section.
+"""Which utterances should the edge send to the cloud? Routing fitted on one labelled set, judged on sets
+it never saw, and BENCHMARKS.md's "Routing" section.
 
 Input: per-clip feature files of ``edge-agent calibrate --features`` (the edge's decode features, the
-edge's and the cloud's text and error counts). A policy escalates an utterance when the final model's
-P(edge wrong) is above its threshold, and then keeps the likelier of the two texts by the cloud model's
-P(cloud wrong), as the agent does (``edge_agent.calibrate.simulate``).
+edge's and the cloud's text and error counts). Each policy decides as the agent does: it escalates the
+utterances whose escalation score (``Calibration.escalation_score``) is above its threshold, and keeps the
+cloud's text of those its calibration prefers (``offramp.choose``).
 
-    .venv/bin/python scripts/bench_routing.py --fit .cache/routing/broad-fit.jsonl \
-        --eval held-out=.cache/routing/broad-held-out.jsonl eval-subset=.cache/routing/eval-subset.jsonl
+    .venv/bin/python scripts/make_broad_calibration_set.py
+    .venv/bin/edge-agent calibrate .cache/broad-calibration/fit/manifest.jsonl --features FIT.jsonl ...
+    .venv/bin/python scripts/bench_routing.py --fit FIT.jsonl --baseline OLD.json \
+        --eval held-out=HELD.jsonl eval-subset=EVAL.jsonl [--benchmarks-md BENCHMARKS.md]
 
-Policies: the shipped calibration; refits on the ``--fit`` rows with binary and error-rate labels (the
-threshold chosen on the fit rows for at most ``--max-offload``); and each model's top ``--max-offload`` of
-a set by P(edge wrong), which is what ``EDGE_TARGET_OFFLOAD_RATE`` converges to on steady traffic.
-The fit rows are also cross-validated by voice family (a fold's voices and, since every clip speaks its
-own sentence, its sentences are never fitted on). ``oracle``: per utterance the better text;
-``oracle within the offload``: the best any routing could do escalating at most that share.
+Policies: ``--baseline``, a calibration file (the one shipped before); *p-wrong*, a refit on the ``--fit``
+rows as that one was fitted (escalate by P(edge wrong), keep the text with the lower P(wrong)); *route*, a
+refit with ``--route`` (escalate by P(cloud beats edge) from the edge's features, keep the text a model of
+both sides' features prefers). Each with its own threshold (*fixed*, chosen on its fitting rows for at most
+``--max-offload``) and as the top share of each set by its score (what ``EDGE_TARGET_OFFLOAD_RATE``
+converges to on steady traffic). The refits are cross-validated on the fit rows by voice family (a fold's
+voices and, since every clip speaks its own sentence, its sentences are never fitted on). *oracle*: per
+utterance the better text; *oracle within N %*: the best any routing could do escalating at most that share.
 """
 
 from __future__ import annotations
@@ -129,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--eval", nargs="+", required=True, help="NAME=FEATURES sets to judge on")
     parser.add_argument("--max-offload", type=float, default=0.25)
     parser.add_argument("--shares", type=float, nargs="+", default=[0.2, 0.25], help="target offload rates")
+    parser.add_argument(
+        "--baseline", type=Path, help="a calibration file to compare (the one shipped before)"
+    )
     parser.add_argument("--write-calibration", type=Path, help="save the route refit here")
     parser.add_argument("--benchmarks-md", type=Path)
     args = parser.parse_args(argv)
@@ -143,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.write_calibration:
         refits["route"].save(args.write_calibration)
     routes: dict[str, Route] = {"fixed": fixed, **{f"top {s:.0%}": top(s) for s in args.shares}}
-    models = {"shipped": Calibration.for_model(model, None), **refits}
+    models = ({"before": Calibration.load(args.baseline)} if args.baseline else {}) | refits
     sets = {name: load(Path(path)) for name, _, path in (spec.partition("=") for spec in args.eval)}
     cv = all(r.voice for r in fit_rows)
     columns = ([f"fitting clips, CV by voice ({len(fit_rows)})"] if cv else []) + [
@@ -156,16 +163,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"`scripts/bench_routing.py`, {time.strftime('%Y-%m-%d')}: edge {model}, cloud Whisper base (its own "
         f"text, no second pass), per-clip features of `edge-agent calibrate --features`. Refits on {source}. "
         "Cells: WER / share of utterances escalated (change against the better of edge and cloud alone). "
-        "A policy escalates when P(edge wrong) is above its threshold and keeps the text its models find "
-        "likelier right. *fixed*: the calibration's threshold (chosen on its fitting clips for at most "
-        f"{args.max_offload:.0%}); *top N %*: the N % of a set's utterances with the highest P(edge wrong), "
-        "which `EDGE_TARGET_OFFLOAD_RATE` converges to on steady traffic. *shipped*: the calibration in "
-        "the package before this run; *p-wrong*: refit as it was fitted (escalate by P(edge wrong), keep the "
-        "text with the lower P(wrong)); *route*: `edge-agent calibrate --route` (escalate by P(cloud beats "
-        "edge) from the edge's features, keep the text a model of both sides' features prefers). On the "
-        "fitting clips the refits are "
-        f"cross-validated: {FOLDS} folds of voice families (each clip speaks its own sentence, so a fold's "
-        "sentences are new too); the shipped calibration never saw them.",
+        "Each policy escalates the utterances whose score is above its threshold and keeps the cloud's text "
+        "where its calibration prefers it, as the agent does. *before*: the calibration shipped before "
+        "(fitted on the calibration set and the 12 pocketsphinx recordings, which the evaluation subset "
+        "holds too); *p-wrong*: refit as that one was (score P(edge wrong), keep the text with the lower "
+        "P(wrong)); *route*: `edge-agent calibrate --route`, now shipped (score P(cloud beats edge) from the "
+        "edge's features, keep the text a model of both sides' features prefers). *fixed*: the "
+        f"calibration's threshold, chosen on its fitting clips for at most {args.max_offload:.0%}; *top "
+        "N %*: the N % of a set's utterances with the highest score (what `EDGE_TARGET_OFFLOAD_RATE` "
+        "converges to on steady traffic). On the fitting clips the refits are cross-validated "
+        f"({FOLDS} folds of voice families; each clip speaks its own sentence, so a fold's sentences are "
+        "new too), and *before* is not shown (it was fitted on some of them).",
         "",
         "| policy | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),
@@ -193,7 +201,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for route_name, route in routes.items():
             cells = []
             for k, rows in all_sets.items():
-                held = k == "fit" and name != "shipped"
+                if k == "fit" and name == "before":
+                    cells.append("-")
+                    continue
+                held = k == "fit"
                 wer, offload = (
                     cross_validate(rows, name == "route", args.max_offload, route)
                     if held

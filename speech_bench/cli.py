@@ -256,7 +256,9 @@ def main(argv: list[str] | None = None) -> None:
         best = figures.best_point(points, args.max_offload)
         threshold = (resources.get("pasu") or {}).get("threshold")
         current = None
-        if threshold is not None:
+        # A calibration with a route model puts its threshold on P(cloud beats edge), not on the P(wrong)
+        # the records hold: there is no operating point to place on this sweep.
+        if threshold is not None and not _calibration().route:
             current = next(iter(figures.sweep_at(scored, [float(threshold)])), None)
         report["sweep"] = {
             "points": [p.__dict__ for p in points],
@@ -284,17 +286,27 @@ def main(argv: list[str] | None = None) -> None:
         print(f"markdown: {args.benchmarks_md}")
 
 
+def _calibration() -> Any:
+    """The calibration of the edges started here (``EDGE_CALIBRATION_PATH``, else the shipped one)."""
+    from edge_agent.confidence import Calibration
+
+    return Calibration.load(
+        Path(os.environ["EDGE_CALIBRATION_PATH"]) if "EDGE_CALIBRATION_PATH" in os.environ else None
+    )
+
+
 def write_calibration(path: Path, threshold: float, records: list[Any]) -> None:
     """The current calibration with the swept threshold and this run's score distribution."""
     import dataclasses
 
     import numpy as np
 
-    from edge_agent.confidence import Calibration
-
-    calibration = Calibration.load(
-        Path(os.environ["EDGE_CALIBRATION_PATH"]) if "EDGE_CALIBRATION_PATH" in os.environ else None
-    )
+    calibration = _calibration()
+    if calibration.route is not None:
+        raise SystemExit(
+            "--write-calibration: this calibration escalates by its route model, whose scores the records do "
+            "not hold; refit it with `edge-agent calibrate --route` instead"
+        )
     scores = [r.edge_p_wrong for r in records if r.edge_p_wrong is not None]
     shift = threshold - calibration.threshold
     updated = dataclasses.replace(

@@ -109,3 +109,16 @@ def test_late_contextualization_modes_compare_the_same_model(tmp_path: Path, aud
         [str(script), str(manifest), "--keep-logs", str(logs)], capture_output=True, text=True, timeout=120
     )
     assert again.returncode != 0 and "give a new or empty directory" in again.stderr
+
+
+def test_write_calibration_refuses_a_route_calibration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shipped Moonshine calibration escalates by its route model: a threshold swept over the recorded
+    # P(wrong) would land on the wrong scale, so nothing is written.
+    from speech_bench.cli import write_calibration
+
+    monkeypatch.delenv("EDGE_CALIBRATION_PATH", raising=False)
+    with pytest.raises(SystemExit, match="route model"):
+        write_calibration(tmp_path / "cal.json", 0.9, [])
+    assert not (tmp_path / "cal.json").exists()
