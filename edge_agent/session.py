@@ -566,8 +566,12 @@ class Session:
                 )
         elif utt.early is not None:
             utt.early.cancel()  # other-language speech that must stay on the device
-        edge_p = p_edge if edge_usable else None
         language = cloud.result.language if cloud.result is not None else ENGLISH
+        if not edge_usable and cloud.p_wrong is not None and is_english(language):
+            # Judged not English, and the cloud heard English: the judgment was wrong (noisy English looks
+            # foreign to it), so the edge's text is a candidate like any other.
+            edge_usable = True
+        edge_p = p_edge if edge_usable else None
         if s.always_cloud and cloud.p_wrong is not None:
             source = "cloud"
         else:

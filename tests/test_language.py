@@ -365,6 +365,36 @@ def test_other_language_streams_early_for_detection_and_keeps_the_clouds_answer(
     assert last.is_final and last.other_language and list(last.n_best) == []
 
 
+class UnsureEnglishCloud(FakeEscalator):
+    """Detects English, with a text its confidence model finds likely wrong (avg log-prob -3)."""
+
+    async def recognize(self, session_id: str, context: Any, pcm: bytes, deadline_s: float) -> CloudResult:
+        self.contexts.append(context)
+        return cloud_result("hello to all", -3.0)
+
+    async def finish_early(
+        self, stream: Any, session_id: str, context: Any, pcm: bytes, deadline_s: float
+    ) -> CloudResult:
+        self.contexts.append(context)
+        return cloud_result("hello to all", -3.0)
+
+
+def test_speech_judged_foreign_that_the_cloud_hears_as_english_keeps_the_edge_text_as_a_candidate(
+    tmp_path: Path,
+) -> None:
+    # Noisy English can look foreign to the edge (here: any final of over 1.72 s of audio); the cloud,
+    # asked to detect, says English. The edge's text is then kept when it is the likelier one.
+    by_length = _model("log_duration", 10.0, -10.0 * math.log(1.5))
+    foreign = LanguageCalibration(by_length, by_length, 0.5, 0.8, model="fake")
+    cloud = UnsureEnglishCloud()
+    events_ = _stream(_rec(tmp_path, cloud, foreign), np.concatenate([LEAD, speech(*CONFIDENT), GAP]))
+    (final,) = _of(events_, "final")
+    assert cloud.contexts[-1].other_language  # it was sent for detection
+    assert (final["text"], final["source"], final["language"]) == (words_for(*CONFIDENT), "edge", "en")
+    assert final["escalated"] and final["reason"] == "language" and final["transcribed"]
+    assert final["edge_confidence"] > final["cloud_confidence"]
+
+
 def test_english_speech_is_unchanged(tmp_path: Path) -> None:
     cloud = SpanishCloud()
     events_ = _stream(_rec(tmp_path, cloud, BY_LOGPROB), np.concatenate([LEAD, speech(*CONFIDENT), GAP]))
