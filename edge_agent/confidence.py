@@ -194,6 +194,14 @@ def fit_logistic(
     return LogisticModel(tuple(features), tuple(mean), tuple(scale), tuple(w[:-1]), float(w[-1]))
 
 
+def hypothesis_features(
+    avg_logprob: float, no_speech_prob: float, text: str, edge_text: str, duration_s: float
+) -> dict[str, float]:
+    """``cloud_features`` of a cloud hypothesis, its agreement measured against the edge's text."""
+    agreement = 1.0 - min(1.0, word_error_rate(edge_text, text))
+    return cloud_features(avg_logprob, no_speech_prob, text, duration_s, agreement)
+
+
 def cloud_p_wrong(
     model: LogisticModel,
     avg_logprob: float,
@@ -203,8 +211,7 @@ def cloud_p_wrong(
     duration_s: float,
 ) -> float:
     """P(cloud hypothesis wrong), on the same scale as the edge's, so the two can be compared."""
-    agreement = 1.0 - min(1.0, word_error_rate(edge_text, text))
-    return model.probability(cloud_features(avg_logprob, no_speech_prob, text, duration_s, agreement))
+    return model.probability(hypothesis_features(avg_logprob, no_speech_prob, text, edge_text, duration_s))
 
 
 def cloud_beats_edge(
@@ -218,8 +225,7 @@ def cloud_beats_edge(
 ) -> float:
     """P(the cloud's text has fewer errors than the edge's), by a ``pick`` model; ``edge``: the edge
     decode's features."""
-    agreement = 1.0 - min(1.0, word_error_rate(edge_text, text))
-    cloud = cloud_features(avg_logprob, no_speech_prob, text, duration_s, agreement)
+    cloud = hypothesis_features(avg_logprob, no_speech_prob, text, edge_text, duration_s)
     return model.probability(pick_features(edge, cloud))
 
 

@@ -52,23 +52,16 @@ class OfframpPolicy:
         target_offload_rate: float | None = None,
     ) -> OfframpPolicy:
         """Thresholds from the calibration file, or set directly, or derived from a target offload rate."""
-        if calibration.route is not None:
-            # The final threshold is on the route model's scale, the early and stop ones on the pilot
-            # model's P(wrong): they keep their calibrated values.
-            chosen = (
-                calibration.threshold_for_offload(target_offload_rate)
-                if target_offload_rate is not None
-                else calibration.threshold
-                if threshold is None
-                else threshold
-            )
-            return cls(calibration, chosen, calibration.early_threshold, calibration.stop_threshold)
         if target_offload_rate is not None:
             chosen = calibration.threshold_for_offload(target_offload_rate)
         elif threshold is not None:
             chosen = threshold
         else:
             chosen = calibration.threshold
+        if calibration.route is not None:
+            # The final threshold is on the route model's scale, the early and stop ones on the pilot
+            # model's P(wrong): they keep their calibrated values.
+            return cls(calibration, chosen, calibration.early_threshold, calibration.stop_threshold)
         # Early and stop thresholds keep their calibrated distance above the final threshold.
         early = min(0.99, chosen + (calibration.early_threshold - calibration.threshold))
         stop = min(0.995, chosen + (calibration.stop_threshold - calibration.threshold))

@@ -30,9 +30,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from speech_bench.streaming import LEAD_S, LEGACY_PATTERN, OPEN_MIC, OPEN_MIC_CAP_S, PATTERNS
+
+if TYPE_CHECKING:
+    from edge_agent.confidence import Calibration
 
 MODES: dict[str, list[str]] = {
     "edge": [],
@@ -154,13 +157,12 @@ def run_modes(args: argparse.Namespace, utterances: list[Any], workdir: Path) ->
                 text = edge.metrics()
                 audio = services.metric(text, "edge_audio_seconds_total")
                 spent = services.metric(text, "edge_inference_seconds_total")
+                health = __import__("httpx").get(f"{edge.url}/health").json()
                 info.update(
                     edge_rtf=spent / audio if audio else None,
                     edge_peak_rss_mb=edge.peak_rss_mb(),
-                    threshold=__import__("httpx")
-                    .get(f"{edge.url}/health")
-                    .json()
-                    .get("escalation_threshold"),
+                    threshold=health.get("escalation_threshold"),
+                    edge_model=health.get("model"),
                 )
                 edge.stop()
             resources[mode] = info
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
             m: {
                 k: v
                 for k, v in d.items()
-                if k in ("cloud_seconds", "edge_rtf", "edge_peak_rss_mb", "threshold")
+                if k in ("cloud_seconds", "edge_rtf", "edge_peak_rss_mb", "threshold", "edge_model")
             }
             for m, d in previous["modes"].items()
         }
@@ -254,11 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.sweep and "cloud" in records:
         points = figures.sweep(scored)
         best = figures.best_point(points, args.max_offload)
-        threshold = (resources.get("pasu") or {}).get("threshold")
+        pasu = resources.get("pasu") or {}
+        threshold, edge_model = pasu.get("threshold"), pasu.get("edge_model")
         current = None
         # A calibration with a route model puts its threshold on P(cloud beats edge), not on the P(wrong)
         # the records hold: there is no operating point to place on this sweep.
-        if threshold is not None and not _calibration().route:
+        if threshold is not None and _calibration(edge_model).route is None:
             current = next(iter(figures.sweep_at(scored, [float(threshold)])), None)
         report["sweep"] = {
             "points": [p.__dict__ for p in points],
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
             "operating_point": current.__dict__ if current else best.__dict__,
         }
         if args.write_calibration:
-            write_calibration(args.write_calibration, best.threshold, scored)
+            write_calibration(args.write_calibration, best.threshold, scored, edge_model)
     print(console.summary(report))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
@@ -286,22 +289,24 @@ def main(argv: list[str] | None = None) -> None:
         print(f"markdown: {args.benchmarks_md}")
 
 
-def _calibration() -> Any:
-    """The calibration of the edges started here (``EDGE_CALIBRATION_PATH``, else the shipped one)."""
+def _calibration(edge_model: str | None) -> Calibration:
+    """The calibration the edges started here used: the one for ``edge_model`` (as their /health names
+    it; ``EDGE_CALIBRATION_PATH`` or the shipped file), else the file as given."""
     from edge_agent.confidence import Calibration
 
-    return Calibration.load(
-        Path(os.environ["EDGE_CALIBRATION_PATH"]) if "EDGE_CALIBRATION_PATH" in os.environ else None
-    )
+    path = Path(os.environ["EDGE_CALIBRATION_PATH"]) if "EDGE_CALIBRATION_PATH" in os.environ else None
+    return Calibration.for_model(edge_model, path) if edge_model else Calibration.load(path)
 
 
-def write_calibration(path: Path, threshold: float, records: list[Any]) -> None:
+def write_calibration(
+    path: Path, threshold: float, records: list[Any], edge_model: str | None = None
+) -> None:
     """The current calibration with the swept threshold and this run's score distribution."""
     import dataclasses
 
     import numpy as np
 
-    calibration = _calibration()
+    calibration = _calibration(edge_model)
     if calibration.route is not None:
         raise SystemExit(
             "--write-calibration: this calibration escalates by its route model, whose scores the records do "

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 
 from edge_agent.calibrate import Row
+from tests.scripts import load_script
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_routing", ROOT / "scripts" / "bench_routing.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
-
-
-routing = _load_script()
+routing = load_script("bench_routing")
 
 
 def _row(edge_errors: int, cloud_errors: int, words: int = 10) -> Row:

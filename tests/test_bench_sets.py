@@ -5,34 +5,18 @@ No model: this checks the data, not how well anything recognizes it (see the scr
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.scripts import load_script
 
-
-def _load_script() -> ModuleType:
-    # scripts/ is not a package; load the file under its own name so nothing else on sys.path shadows it.
-    spec = importlib.util.spec_from_file_location(
-        "build_bench_sets", ROOT / "scripts" / "build_bench_sets.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script()
+bench = load_script("build_bench_sets")
 ENGINES = {"hibari", "piper", "flite", "espeak"}
 
 
